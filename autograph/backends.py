@@ -1,0 +1,146 @@
+"""The backend registry and `function`, which turns a graph into a NumPy callable."""
+from __future__ import annotations
+
+import importlib
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .errors import BackendError, InputError
+from .graph import Graph, Node
+
+_BACKENDS: dict[str, Callable[[Graph], Callable]] = {}
+# Backends that register themselves when their package is imported, so that
+# autograph never imports llvmlite unless a user asks for the LLVM backend.
+_PLUGINS = {"llvm": "compiler"}
+
+
+def register_backend(name: str, factory: Callable[[Graph], Callable]) -> None:
+    """Make `function(..., backend=name)` build runners with `factory(graph)`.
+
+    A runner is called as ``runner(arrays, dims)`` with checked input arrays and the
+    binding of symbolic dims, and returns one array per graph output.
+    """
+    _BACKENDS[name] = factory
+
+
+def get_backend(name: str) -> Callable[[Graph], Callable]:
+    """The factory registered under `name`, importing its plugin package if needed."""
+    if name not in _BACKENDS and name in _PLUGINS:
+        try:
+            importlib.import_module(_PLUGINS[name])
+        except ImportError as e:
+            raise BackendError(f"backend {name!r} needs the package {_PLUGINS[name]!r}, which "
+                               f"failed to import: {e}") from e
+    if name not in _BACKENDS:
+        raise BackendError(f"unknown backend {name!r}; available: "
+                           f"{', '.join(sorted(_BACKENDS))}")
+    return _BACKENDS[name]
+
+
+def available_backends() -> list[str]:
+    """Names of the backends that can be used now (plugins are imported to find out)."""
+    for name in _PLUGINS:
+        try:
+            get_backend(name)
+        except BackendError:
+            pass
+    return sorted(_BACKENDS)
+
+
+def bind_inputs(inputs: Sequence[Node], arrays: Sequence) -> tuple[list, dict]:
+    """Check each array against its placeholder; return arrays and the dim binding.
+
+    Raises `InputError` naming the input for a wrong dtype, rank or size, and for a
+    symbolic dim bound to two different sizes.
+    """
+    dims: dict[str, int] = {}
+    source: dict[str, str] = {}
+    out = []
+    for x, a in zip(inputs, arrays):
+        if isinstance(a, Node):
+            raise InputError(f"input {x.name!r}: got a graph value; pass a NumPy array")
+        try:
+            arr = np.asarray(a)
+        except Exception as e:  # ragged lists and other things NumPy refuses
+            raise InputError(f"input {x.name!r}: cannot make an array of it ({e})") from None
+        want = x.dtype
+        if arr.dtype.name != want:
+            if want == "int64" and arr.dtype.kind in "iu" and np.can_cast(arr.dtype, np.int64):
+                arr = arr.astype(np.int64)
+            elif want == "float64" and arr.dtype.kind in "iu" and not isinstance(a, np.ndarray):
+                arr = arr.astype(np.float64)  # a Python list of ints for a float input
+            else:
+                raise InputError(f"input {x.name!r} expects dtype {want}, got {arr.dtype.name}; "
+                                 f"convert it with .astype(np.{want})")
+        if arr.ndim != len(x.shape):
+            raise InputError(f"input {x.name!r} expects {len(x.shape)} dims "
+                             f"{list(x.shape)}, got shape {arr.shape}")
+        for axis, (d, n) in enumerate(zip(x.shape, arr.shape)):
+            if isinstance(d, int):
+                if d != n:
+                    raise InputError(f"input {x.name!r} expects size {d} on axis {axis} "
+                                     f"(shape {list(x.shape)}), got shape {arr.shape}")
+            elif d in dims and dims[d] != n:
+                raise InputError(f"input {x.name!r} has {d}={n} on axis {axis}, but "
+                                 f"{source[d]} bound {d}={dims[d]}")
+            else:
+                dims[d] = n
+                source[d] = f"input {x.name!r}"
+        out.append(arr)
+    return out, dims
+
+
+class Function:
+    """A graph made callable: NumPy arrays in, NumPy arrays out."""
+
+    def __init__(self, inputs: Sequence[Node], outputs, backend: str = "numpy"):
+        self.single = isinstance(outputs, Node)
+        inputs = [inputs] if isinstance(inputs, Node) else list(inputs)
+        outs = [outputs] if self.single else list(outputs)
+        self.graph = Graph(inputs, outs)
+        self.backend = backend
+        self.runner = get_backend(backend)(self.graph)
+        self._names = [x.name for x in self.graph.inputs]
+
+    def __call__(self, *args, **kwargs):
+        inputs = self.graph.inputs
+        if len(args) > len(inputs):
+            raise InputError(f"expected at most {len(inputs)} inputs "
+                             f"({', '.join(self._names)}), got {len(args)}")
+        given = dict(zip(self._names, args))
+        for k, v in kwargs.items():
+            if k not in self._names:
+                raise InputError(f"unknown input {k!r}; the inputs are {', '.join(self._names)}")
+            if k in given:
+                raise InputError(f"input {k!r} given twice (by position and by name)")
+            given[k] = v
+        missing = [n for n in self._names if n not in given]
+        if missing:
+            raise InputError(f"missing input(s) {', '.join(map(repr, missing))}; "
+                             f"the inputs are {', '.join(self._names)}")
+        arrays, dims = bind_inputs(inputs, [given[n] for n in self._names])
+        outs = self.runner(arrays, dims)
+        outs = [np.array(o) if isinstance(o, np.ndarray) and not o.flags.owndata
+                else np.asarray(o) for o in outs]
+        return outs[0] if self.single else outs
+
+    def __repr__(self):
+        return f"<Function {self._names} -> {len(self.graph.outputs)} outputs, {self.backend}>"
+
+
+def function(inputs, outputs, backend: str = "numpy") -> Function:
+    """A callable that evaluates `outputs` from arrays for the placeholders `inputs`.
+
+    Call it with arrays by position (in the order of `inputs`) or by placeholder
+    name. It returns one array if `outputs` is one value, else a list.
+    """
+    return Function(inputs, outputs, backend)
+
+
+def _register_numpy():
+    from .interpret import NumpyBackend
+    register_backend("numpy", NumpyBackend)
+
+
+_register_numpy()
