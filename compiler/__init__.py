@@ -1,0 +1,1 @@
+"""The graph compiler to LLVM native kernels (registers backend \"llvm\"): see issue 5."""

@@ -1,0 +1,1 @@
+"""Recurrent networks built on autograph (cells, architectures, training): see issue 3."""
