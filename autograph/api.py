@@ -25,6 +25,8 @@ _DIM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 def as_dtype(dtype) -> str:
     """Our name for a dtype given as a string, a NumPy dtype or a NumPy type."""
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return dtype
     try:
         name = np.dtype(dtype).name
     except TypeError:

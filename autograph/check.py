@@ -29,8 +29,9 @@ class GradCheckReport:
     def __post_init__(self):
         self.max_error = max(self.errors.values(), default=0.0)
 
-    def __getitem__(self, name: str) -> float:
-        return self.errors[name]
+    def __getitem__(self, key) -> float:
+        """The error of one float input, by name or by its placeholder."""
+        return self.errors[key if isinstance(key, str) else key.name]
 
     def ok(self, tol: float = 1e-6) -> bool:
         """True when every input's error is below `tol`."""

@@ -136,9 +136,12 @@ def _placeholder_impl(args, p, dims):
 register("placeholder", _placeholder_rule, _placeholder_impl, "a graph input")
 
 
+_DTYPE_NAMES = {np.dtype(n): n for n in ("float32", "float64", "int64", "bool")}
+
+
 def _constant_rule(inputs, p):
     v = p["value"]
-    return v.shape, str(v.dtype)
+    return v.shape, _DTYPE_NAMES[v.dtype]
 
 
 register("constant", _constant_rule, lambda args, p, dims: p["value"], "a constant array")
