@@ -121,8 +121,18 @@ class Function:
                              f"the inputs are {', '.join(self._names)}")
         arrays, dims = bind_inputs(inputs, [given[n] for n in self._names])
         outs = self.runner(arrays, dims)
-        outs = [np.array(o) if isinstance(o, np.ndarray) and not o.flags.owndata
-                else np.asarray(o) for o in outs]
+        # Hand back arrays the caller owns: copy views, read-only graph constants,
+        # the caller's own input arrays (an output that is an input) and repeats.
+        seen = {id(a) for a in arrays}
+        fresh = []
+        for o in outs:
+            if isinstance(o, np.ndarray) and (not o.flags.owndata or not o.flags.writeable
+                                              or id(o) in seen):
+                o = np.array(o)
+            o = np.asarray(o)
+            seen.add(id(o))
+            fresh.append(o)
+        outs = fresh
         return outs[0] if self.single else outs
 
     def __repr__(self):

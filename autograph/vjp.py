@@ -295,7 +295,8 @@ def vjp(outputs: Sequence[Node], cotangents: Sequence[Node], wrt: Sequence[Node]
         acc = parts[0]
         for p in parts[1:]:
             acc = acc + p
-        if n.name and acc.name != f"{prefix}{n.name}":
+        # A placeholder (a scan body's incoming cotangent) keeps its own name.
+        if n.name and acc.name != f"{prefix}{n.name}" and acc.op != "placeholder":
             acc = ag.named(acc, f"{prefix}{n.name}")
         return acc
 

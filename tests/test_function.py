@@ -1,0 +1,348 @@
+"""ag.function: calling conventions, input checking and its errors, outputs, and the
+backend registry."""
+import numpy as np
+import pytest
+
+import autograph as ag
+
+
+def rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+@pytest.fixture
+def affine():
+    x = ag.placeholder("x", ("B", 3))
+    W = ag.placeholder("W", (3, 2))
+    b = ag.placeholder("b", (2,))
+    return x, W, b, x @ W + b
+
+
+def affine_values(B=4, seed=0):
+    r = rng(seed)
+    return r.standard_normal((B, 3)), r.standard_normal((3, 2)), r.standard_normal(2)
+
+
+# ----------------------------------------------------------------------------- calling
+
+
+def test_positional_keyword_and_mixed_args(affine):
+    x, W, b, y = affine
+    f = ag.function([x, W, b], y)
+    xv, Wv, bv = affine_values()
+    want = xv @ Wv + bv
+    np.testing.assert_allclose(f(xv, Wv, bv), want, rtol=1e-15)
+    np.testing.assert_allclose(f(x=xv, W=Wv, b=bv), want, rtol=1e-15)
+    np.testing.assert_allclose(f(b=bv, x=xv, W=Wv), want, rtol=1e-15)
+    np.testing.assert_allclose(f(xv, b=bv, W=Wv), want, rtol=1e-15)
+
+
+def test_single_vs_list_outputs(affine):
+    x, W, b, y = affine
+    vals = affine_values()
+    single = ag.function([x, W, b], y)(*vals)
+    assert isinstance(single, np.ndarray) and single.shape == (4, 2)
+    one_list = ag.function([x, W, b], [y])(*vals)
+    assert isinstance(one_list, list) and len(one_list) == 1
+    np.testing.assert_array_equal(one_list[0], single)
+    several = ag.function([x, W, b], [y, ag.sum(y), y * 2.0])(*vals)
+    assert isinstance(several, list) and len(several) == 3
+    np.testing.assert_allclose(several[1], single.sum(), rtol=1e-14)
+    np.testing.assert_allclose(several[2], 2 * single, rtol=1e-15)
+    # a tuple of outputs also gives a list
+    assert isinstance(ag.function([x, W, b], (y, y))(*vals), list)
+
+
+def test_single_placeholder_as_inputs():
+    x = ag.placeholder("x", (2,))
+    f = ag.function(x, x * 3.0)
+    np.testing.assert_allclose(f(np.array([1.0, 2.0])), [3.0, 6.0])
+
+
+def test_no_inputs():
+    f = ag.function([], ag.ones((2, 2)) * 4.0)
+    np.testing.assert_array_equal(f(), np.full((2, 2), 4.0))
+
+
+def test_results_are_numpy_arrays(affine):
+    x, W, b, y = affine
+    outs = ag.function([x, W, b], [y, ag.sum(y), y[0, 1], y.T, x])(*affine_values())
+    for o in outs:
+        assert type(o) is np.ndarray
+        assert o.dtype == np.float64
+    assert outs[1].shape == () and outs[2].shape == ()
+    assert outs[3].shape == (2, 4)
+
+
+def test_lists_accepted_as_inputs():
+    x = ag.placeholder("x", (2, 2))
+    i = ag.placeholder("i", (3,), "int64")
+    f = ag.function([x, i], [x * 2.0, i + 1])
+    a, b = f([[1, 2], [3, 4]], [1, 2, 3])  # a list of ints for a float input is fine
+    np.testing.assert_array_equal(a, [[2.0, 4.0], [6.0, 8.0]])
+    assert a.dtype == np.float64
+    np.testing.assert_array_equal(b, [2, 3, 4])
+    assert b.dtype == np.int64
+    a, _ = f([[1.5, 2], [3, 4]], (0, 0, 0))
+    np.testing.assert_array_equal(a, [[3.0, 4.0], [6.0, 8.0]])
+    # Python scalars for scalar inputs
+    s = ag.placeholder("s", ())
+    assert ag.function([s], s * 2.0)(1.5) == 3.0
+
+
+def test_ragged_list_raises_input_error():
+    x = ag.placeholder("x", (2, 2))
+    with pytest.raises(ag.InputError, match="'x'"):
+        ag.function([x], x)([[1.0, 2.0], [3.0]])
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32, np.uint8, np.uint16, np.uint32])
+def test_int_arrays_become_int64(dtype):
+    i = ag.placeholder("i", ("N",), "int64")
+    seen = ag.function([i], i * 2)(np.array([1, 2, 3], dtype=dtype))
+    assert seen.dtype == np.int64
+    np.testing.assert_array_equal(seen, [2, 4, 6])
+
+
+def test_uint64_is_not_silently_narrowed():
+    i = ag.placeholder("i", (2,), "int64")
+    with pytest.raises(ag.InputError, match="'i'"):
+        ag.function([i], i)(np.array([1, 2], dtype=np.uint64))
+
+
+def test_float32_graph():
+    x = ag.placeholder("x32", (3,), "float32")
+    f = ag.function([x], x * 2.0)
+    out = f(np.ones(3, np.float32))
+    assert out.dtype == np.float32
+    # a float64 array for a float32 input is refused, naming the input
+    with pytest.raises(ag.InputError, match="'x32'.*float32.*float64"):
+        f(np.ones(3))
+
+
+def test_float_array_for_int_input_and_int_array_for_float_input_raise():
+    i = ag.placeholder("idx", (3,), "int64")
+    x = ag.placeholder("xf", (3,))
+    with pytest.raises(ag.InputError, match="'idx'"):
+        ag.function([i], i)(np.ones(3))
+    with pytest.raises(ag.InputError, match="'xf'.*int64"):
+        ag.function([x], x)(np.arange(3))  # an int *array* is not silently converted
+    m = ag.placeholder("m", (3,), "bool")
+    with pytest.raises(ag.InputError, match="'m'"):
+        ag.function([m], m)(np.ones(3))
+
+
+def test_wrong_shape_names_input_and_axis(affine):
+    x, W, b, y = affine
+    f = ag.function([x, W, b], y)
+    xv, Wv, bv = affine_values()
+    with pytest.raises(ag.InputError, match=r"'W'.*axis 1") as e:
+        f(xv, np.zeros((3, 5)), bv)
+    assert "(3, 5)" in str(e.value)
+    with pytest.raises(ag.InputError, match=r"'W'.*axis 0"):
+        f(xv, np.zeros((4, 2)), bv)
+    with pytest.raises(ag.InputError, match=r"'b'.*1 dims"):
+        f(xv, Wv, np.zeros((1, 2)))
+    with pytest.raises(ag.InputError, match=r"'x'.*2 dims"):
+        f(np.zeros(3), Wv, bv)
+    # InputError is also a ValueError
+    with pytest.raises(ValueError):
+        f(xv, Wv, np.zeros(3))
+
+
+def test_symbolic_dim_conflict_raises():
+    a = ag.placeholder("a", ("B", 2))
+    c = ag.placeholder("c", ("B",))
+    f = ag.function([a, c], a * ag.expand_dims(c, 1))
+    out = f(np.ones((3, 2)), np.arange(3.0))
+    np.testing.assert_array_equal(out[:, 0], [0.0, 1.0, 2.0])
+    with pytest.raises(ag.InputError, match=r"'c'.*B=4.*'a'.*B=3"):
+        f(np.ones((3, 2)), np.zeros(4))
+    # the same dim twice in one input
+    sq = ag.placeholder("sq", ("N", "N"))
+    g = ag.function([sq], sq.T + sq)
+    g(np.eye(3))
+    with pytest.raises(ag.InputError, match="N"):
+        g(np.zeros((2, 3)))
+
+
+def test_symbolic_dims_rebind_between_calls():
+    x = ag.placeholder("x", ("T", "B"))
+    f = ag.function([x], ag.sum(x, 0))
+    for shape in [(1, 1), (3, 2), (2, 5), (0, 3)]:
+        v = rng(1).standard_normal(shape)
+        np.testing.assert_allclose(f(v), v.sum(0), atol=1e-14)
+
+
+def test_missing_extra_and_duplicate_args(affine):
+    x, W, b, y = affine
+    f = ag.function([x, W, b], y)
+    xv, Wv, bv = affine_values()
+    with pytest.raises(ag.InputError, match=r"missing.*'b'"):
+        f(xv, Wv)
+    with pytest.raises(ag.InputError, match=r"missing.*'x'.*'W'.*'b'"):
+        f()
+    with pytest.raises(ag.InputError, match="at most 3"):
+        f(xv, Wv, bv, bv)
+    with pytest.raises(ag.InputError, match=r"unknown input 'bias'.*x, W, b"):
+        f(xv, Wv, bias=bv)
+    with pytest.raises(ag.InputError, match=r"'W' given twice"):
+        f(xv, Wv, bv, W=Wv)
+    # all of these are GraphErrors (and ValueErrors), catchable in one place
+    with pytest.raises(ag.GraphError):
+        f(xv)
+
+
+def test_graph_value_as_argument_raises(affine):
+    x, W, b, y = affine
+    f = ag.function([x, W, b], y)
+    xv, Wv, bv = affine_values()
+    with pytest.raises(ag.InputError, match="'b'.*graph value"):
+        f(xv, Wv, b)
+
+
+def test_function_graph_errors():
+    x = ag.placeholder("x", (2,))
+    z = ag.placeholder("z", (2,))
+    with pytest.raises(ag.GraphError, match="'z'"):
+        ag.function([x], x + z)  # z is not an input
+    with pytest.raises(ag.GraphError, match="placeholder"):
+        ag.function([x * 2.0], x)  # inputs must be placeholders
+    with pytest.raises(ag.GraphError, match="'x'"):
+        ag.function([x, ag.placeholder("x", (2,))], x)  # two inputs named x
+    with pytest.raises(ag.GraphError):
+        ag.function([x], [x, np.ones(2)])  # outputs must be graph values
+
+
+def test_unused_input_is_still_required_and_checked():
+    x = ag.placeholder("x", (2,))
+    unused = ag.placeholder("unused", (3,))
+    f = ag.function([x, unused], x + 1.0)
+    np.testing.assert_array_equal(f(np.zeros(2), np.zeros(3)), [1.0, 1.0])
+    with pytest.raises(ag.InputError, match="unused"):
+        f(np.zeros(2))
+    with pytest.raises(ag.InputError, match="unused"):
+        f(np.zeros(2), np.zeros(4))
+
+
+def test_runtime_errors_name_the_node():
+    table = ag.placeholder("table", (4, 2))
+    idx = ag.placeholder("idx", ("N",), "int64")
+    f = ag.function([table, idx], ag.take(table, idx, name="rows"))
+    with pytest.raises(ag.InputError, match=r"index 7.*rows"):
+        f(np.zeros((4, 2)), np.array([0, 7]))
+
+
+# ----------------------------------------------------------------------------- outputs are owned
+
+
+def test_repeat_calls_give_the_same_answer(affine):
+    x, W, b, y = affine
+    loss = ag.sum(ag.tanh(y) ** 2)
+    f = ag.function([x, W, b], [loss] + ag.grad(loss, [W, b]))
+    vals = affine_values()
+    first = f(*vals)
+    first_copy = [a.copy() for a in first]
+    for a in first:  # mutating results must not affect later calls
+        a[...] = 123.0
+    second = f(*vals)
+    for a, c in zip(second, first_copy):
+        np.testing.assert_array_equal(a, c)
+    # other inputs, then the first inputs again
+    f(*affine_values(B=7, seed=3))
+    for a, c in zip(f(*vals), first_copy):
+        np.testing.assert_array_equal(a, c)
+
+
+def test_inputs_are_not_modified(affine):
+    x, W, b, y = affine
+    f = ag.function([x, W, b], ag.grad(ag.sum(y * y), [x, W, b]))
+    vals = affine_values()
+    copies = [v.copy() for v in vals]
+    f(*vals)
+    for v, c in zip(vals, copies):
+        np.testing.assert_array_equal(v, c)
+
+
+def test_outputs_do_not_alias_inputs_or_constants():
+    x = ag.placeholder("x", (3,))
+    c = ag.constant([1.0, 2.0, 3.0])
+    f = ag.function([x], [x, c, x.reshape((3, 1)), x[1:], x])
+    a = np.zeros(3)
+    outs = f(a)
+    for o in outs:
+        assert isinstance(o, np.ndarray)
+        assert o.flags.writeable
+        assert not np.shares_memory(o, a)
+    assert outs[0] is not outs[4]
+    outs[1][0] = 99.0  # a result is the caller's to change ...
+    np.testing.assert_array_equal(f(a)[1], [1.0, 2.0, 3.0])  # ... the constant is unchanged
+    outs[0][0] = 5.0
+    assert a[0] == 0.0 and outs[4][0] == 0.0
+
+
+# ----------------------------------------------------------------------------- backends
+
+
+def test_available_backends_includes_numpy():
+    names = ag.available_backends()
+    assert "numpy" in names
+    assert names == sorted(names)
+    assert callable(ag.get_backend("numpy"))
+
+
+def test_unknown_backend_is_helpful():
+    x = ag.placeholder("x", (2,))
+    with pytest.raises(ag.BackendError, match=r"unknown backend 'tpu'.*available.*numpy"):
+        ag.function([x], x, backend="tpu")
+    with pytest.raises(ag.BackendError):
+        ag.get_backend("tpu")
+    with pytest.raises(RuntimeError):  # BackendError is a RuntimeError too
+        ag.get_backend("tpu")
+
+
+def test_register_custom_backend():
+    calls = []
+
+    class Doubling:
+        def __init__(self, graph):
+            self.inner = ag.get_backend("numpy")(graph)
+
+        def __call__(self, args, dims):
+            calls.append(dict(dims))
+            return [2 * o for o in self.inner(args, dims)]
+
+    ag.register_backend("test-doubling", Doubling)
+    try:
+        assert "test-doubling" in ag.available_backends()
+        x = ag.placeholder("x", ("N",))
+        f = ag.function([x], x + 1.0, backend="test-doubling")
+        np.testing.assert_array_equal(f(np.array([1.0, 2.0])), [4.0, 6.0])
+        assert calls == [{"N": 2}]
+        assert f.backend == "test-doubling"
+        assert "test-doubling" in repr(f)
+    finally:
+        from autograph import backends
+        backends._BACKENDS.pop("test-doubling", None)
+    assert "test-doubling" not in ag.available_backends()
+
+
+def test_function_object():
+    x = ag.placeholder("x", (2,))
+    y = ag.placeholder("y", (2,))
+    f = ag.function([x, y], [x + y, x * y])
+    assert isinstance(f, ag.Function)
+    assert [n.name for n in f.graph.inputs] == ["x", "y"]
+    assert len(f.graph.outputs) == 2
+    assert "x" in repr(f) and "numpy" in repr(f)
+
+
+def test_scan_graph_through_function_with_keywords():
+    xs = ag.placeholder("xs", ("T", 2))
+    h0 = ag.placeholder("h0", (2,))
+    hT, ys = ag.scan(lambda h, x: (h + x, h), h0, xs)
+    f = ag.function([xs, h0], [hT, ys])
+    a = np.arange(6.0).reshape(3, 2)
+    hT_v, ys_v = f(h0=np.ones(2), xs=a)
+    np.testing.assert_array_equal(hT_v, 1 + a.sum(0))
+    np.testing.assert_array_equal(ys_v, np.vstack([np.ones(2), 1 + np.cumsum(a, 0)[:-1]]))
