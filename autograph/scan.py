@@ -22,7 +22,7 @@ import numpy as np
 
 from . import api as ag
 from .errors import GraphError, ShapeError
-from .graph import Graph, Node, toposort, type_str
+from .graph import FLOAT_DTYPES, Graph, Node, toposort, type_str
 from .ops import fail, register, resolve
 
 
@@ -281,16 +281,20 @@ def _scan_vjp(node: Node, cts: list, need: tuple):
                               c_in[i].dtype) for i in h_used]
     x_need = [i for i in range(n_xs) if need[n_carry + i]]
     p_need = [i for i in range(n_consts) if need[n_carry + n_xs + i]]
-    wrt = list(c_in) + [x_in[i] for i in x_need] + [p_in[i] for i in p_need]
+    # Int/bool carries (counters) have no cotangent: they stay zeros of their own type.
+    c_float = [i for i, c in enumerate(c_in) if c.dtype in FLOAT_DTYPES]
+    wrt = [c_in[i] for i in c_float] + [x_in[i] for i in x_need] + [p_in[i] for i in p_need]
     seeds_out = list(body.outputs[:n_carry]) + [body.outputs[n_carry + i] for i in y_used]
     seeds = ct_c_next + ct_y_in
     got = vjp(seeds_out, seeds, wrt) if wrt else []
     got = [g if g is not None else ag.zeros(w.shape, w.dtype) for g, w in zip(got, wrt)]
-    ct_c = got[:n_carry]
+    ct_c = [ag.zeros(c.shape, c.dtype) for c in c_in]
+    for k, i in enumerate(c_float):
+        ct_c[i] = got[k]
     for k, i in enumerate(h_used):
         ct_c[i] = ct_c[i] + ct_h_in[k]
     rev_body = Graph(ct_c_next + list(c_in) + list(x_in) + ct_y_in + ct_h_in + list(p_in),
-                     ct_c + got[n_carry:])
+                     ct_c + got[len(c_float):])
 
     history = [ag.item(node, n_carry + n_ys + i) for i in range(n_carry)]
     rev_init = [c if c is not None else ag.zeros(i.shape, i.dtype)

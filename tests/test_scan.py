@@ -557,3 +557,134 @@ def test_named_carry_used_only_through_final_carry():
     vals = [r.standard_normal((4, 2)), 0.6 * r.standard_normal((2, 2)), r.standard_normal(2)]
     rep = ag.check_grad(ag.sum(sT * sT), [X, W, s0], vals)
     assert rep.ok(1e-6), str(rep)
+
+
+def test_int_counter_carry_gets_no_gradient_but_float_carry_does():
+    # Regression: the scan VJP used to differentiate every carry, so an int64 counter
+    # in the carry made grad fail ("cannot differentiate with respect to 'c0'").
+    X = ag.placeholder("X", ("T", 2))
+    W = ag.placeholder("W", (2, 2))
+
+    def step(carry, x):
+        n, s = carry
+        s = ag.tanh(s @ W + x * ag.cast(n + 1, "float64"))
+        return (n + 1, s), n
+
+    (n, sT), ns = ag.scan(step, (ag.zeros((), "int64"), ag.zeros((2,))), X)
+    loss = ag.sum(sT * sT)
+    r = rng(13)
+    vals = [r.standard_normal((4, 2)), 0.6 * r.standard_normal((2, 2))]
+    n_v, ns_v = ag.function([X, W], [n, ns])(*vals)
+    assert n_v == 4 and ns_v.dtype == np.int64
+    np.testing.assert_array_equal(ns_v, [0, 1, 2, 3])
+    rep = ag.check_grad(loss, [X, W], vals)
+    assert rep.ok(1e-6), str(rep)
+    # the unrolled graph agrees
+    u = ag.unroll(loss, T=4)
+    a = ag.function([X, W], ag.grad(loss, [X, W]))(*vals)
+    b = ag.function([X, W], ag.grad(u, [X, W]))(*vals)
+    for p, q in zip(a, b):
+        np.testing.assert_allclose(p, q, rtol=1e-12, atol=1e-12)
+
+
+def test_grad_steps_reverse_scan_slices_are_per_step_copies():
+    X = ag.placeholder("X", ("T", 2))
+    W = ag.placeholder("W", (2, 2))
+    s0 = ag.placeholder("s0", (2,))
+    wts = np.array([1.0, 2.0])
+
+    def step(s, x):
+        s = ag.tanh(s @ W + x)
+        return s, s
+
+    _, S = ag.scan(step, s0, X, reverse=True)
+    loss = ag.sum(S * S * wts)
+    T = 4
+    r = rng(14)
+    xv, wv, sv = r.standard_normal((T, 2)), 0.6 * r.standard_normal((2, 2)), r.standard_normal(2)
+    steps = ag.function([X, W, s0], ag.grad_steps(loss, W))(xv, wv, sv)
+
+    def np_loss(Ws):
+        s, tot = sv, 0.0
+        for t in reversed(range(T)):  # step t uses the copy Ws[t]
+            s = np.tanh(s @ Ws[t] + xv[t])
+            tot += np.sum(s * s * wts)
+        return tot
+
+    eps = 1e-6
+    for k in range(T):
+        fd = np.zeros((2, 2))
+        for idx in np.ndindex(2, 2):
+            Wp, Wm = [wv.copy() for _ in range(T)], [wv.copy() for _ in range(T)]
+            Wp[k][idx] += eps
+            Wm[k][idx] -= eps
+            fd[idx] = (np_loss(Wp) - np_loss(Wm)) / (2 * eps)
+        np.testing.assert_allclose(steps[k], fd, rtol=1e-6, atol=1e-8, err_msg=str(k))
+
+
+def test_loop_invariant_expression_is_hoisted_and_differentiated():
+    X = ag.placeholder("X", ("T", 2))
+    W = ag.placeholder("W", (2, 2))
+    s0 = ag.placeholder("s0", (2,))
+    sT, S = ag.scan(lambda s, x: (ag.tanh(s @ (W * 2.0) + x), s), s0, X)
+    (node,) = {n for n in ag.toposort([sT]) if n.op == "scan"}
+    body_ops = {n.op for n in node.params["body"].nodes}
+    assert "mul" not in body_ops  # W * 2.0 is computed once, outside the loop
+    loss = ag.sum(S * S) + ag.sum(sT)
+    r = rng(15)
+    rep = ag.check_grad(loss, [X, W, s0], [r.standard_normal((3, 2)),
+                                           0.4 * r.standard_normal((2, 2)), r.standard_normal(2)])
+    assert rep.ok(1e-6), str(rep)
+    # W itself is not a parameter of the scan (W * 2.0 is), so there are no per-step terms
+    assert ag.grad_steps(loss, W) is None
+
+
+def test_zero_length_sequence():
+    X = ag.placeholder("X", ("T", 2))
+    W = ag.placeholder("W", (2, 2))
+    s0 = ag.placeholder("s0", (2,))
+    sT, S = ag.scan(lambda s, x: (ag.tanh(s @ W + x), s), s0, X)
+    loss = ag.sum(S) + ag.sum(sT)
+    out = ag.function([X, W, s0], [sT, S, loss] + ag.grad(loss, [X, W, s0]))(
+        np.zeros((0, 2)), np.eye(2), np.array([0.5, -1.0]))
+    np.testing.assert_array_equal(out[0], [0.5, -1.0])
+    assert out[1].shape == (0, 2)
+    assert out[2] == -0.5
+    assert out[3].shape == (0, 2)
+    np.testing.assert_array_equal(out[4], np.zeros((2, 2)))
+    np.testing.assert_array_equal(out[5], [1.0, 1.0])
+
+
+def test_step_returning_no_ys_and_bad_carries():
+    X = ag.placeholder("X", ("T", 2))
+    s0 = ag.placeholder("s0", (2,))
+    c, ys = ag.scan(lambda s, x: (s + x, None), s0, X)
+    assert ys is None
+    np.testing.assert_array_equal(ag.function([X, s0], c)(np.ones((3, 2)), np.zeros(2)), [3.0, 3.0])
+    with pytest.raises(ag.ShapeError, match="s0"):
+        ag.scan(lambda s, x: (ag.sum(s), s), s0, X)  # the carry changes shape
+    with pytest.raises(ag.GraphError, match="structure"):
+        ag.scan(lambda s, x: ((s, s), s), s0, X)  # the carry changes structure
+    with pytest.raises(ag.GraphError, match="pair"):
+        ag.scan(lambda s, x: s, s0, X)
+    with pytest.raises(ag.ShapeError, match="scalar"):
+        ag.scan(lambda s, x: (s, s), s0, ag.placeholder("z", ()))
+
+
+def test_float32_scan_keeps_dtype():
+    X = ag.placeholder("X32", ("T", 2), "float32")
+    W = ag.placeholder("W32", (2, 2), "float32")
+    c, ys = ag.scan(lambda s, x: (ag.tanh(s @ W + x), s), ag.zeros((2,), "float32"), X)
+    loss = ag.sum(ys * ys) + ag.sum(c)
+    xv = rng(16).standard_normal((3, 2)).astype(np.float32)
+    wv = (0.5 * rng(17).standard_normal((2, 2))).astype(np.float32)
+    out = ag.function([X, W], [loss] + ag.grad(loss, [X, W]))(xv, wv)
+    assert all(o.dtype == np.float32 for o in out)
+    # compare with the float64 graph
+    X64, W64 = ag.placeholder("X", ("T", 2)), ag.placeholder("W", (2, 2))
+    c64, ys64 = ag.scan(lambda s, x: (ag.tanh(s @ W64 + x), s), ag.zeros((2,)), X64)
+    l64 = ag.sum(ys64 * ys64) + ag.sum(c64)
+    out64 = ag.function([X64, W64], [l64] + ag.grad(l64, [X64, W64]))(xv.astype(float),
+                                                                        wv.astype(float))
+    for a, b in zip(out, out64):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

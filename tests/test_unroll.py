@@ -75,7 +75,7 @@ def lstm_values(T, B=2, H=3, seed=1):
 @pytest.mark.parametrize("T", [1, 2, 6])
 def test_unroll_matches_scan_values_and_grads(model, values, T):
     inputs, loss = model()
-    wrt = [x for x in inputs]
+    wrt = list(inputs)
     u_loss = ag.unroll(loss, T=T)
     assert u_loss is not loss
     assert not any(n.op == "scan" for n in ag.toposort([u_loss]))
