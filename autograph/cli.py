@@ -1,8 +1,11 @@
 """The `autograph` command line.
 
 Subcommands:
-  demo   build a small Elman RNN as a graph, differentiate it, and check the
-         gradient three ways (finite differences, the unrolled graph, textbook BPTT).
+  train   train a character-level language model (LSTM by default) on text files,
+          or on the source of a standard-library package; checkpoints and samples
+  sample  generate text from a checkpoint written by `train`
+  demo    build a small Elman RNN as a graph, differentiate it, and check the
+          gradient three ways (finite differences, the unrolled graph, textbook BPTT)
 """
 from __future__ import annotations
 
@@ -86,6 +89,57 @@ def _textbook_bptt(x, s0, U, W, b):
     return dW
 
 
+def _train(args) -> int:
+    from rnn.lm import default_corpus, read_corpus, sample, train_language_model
+
+    if args.files:
+        text = read_corpus(args.files)
+        source = f"{len(args.files)} file(s)"
+    else:
+        text, files = default_corpus(args.package)
+        source = f"the standard library's {args.package!r} package ({len(files)} files)"
+    print(f"training a character-level {args.cell.upper()} on {source}")
+    result = train_language_model(
+        text, hidden_size=args.hidden, num_layers=args.layers, cell=args.cell,
+        embed_dim=args.embed or None, batch=args.batch, seq_len=args.seq_len,
+        steps=args.steps, lr=args.lr, optimizer=args.optimizer, clip_norm=args.clip,
+        checkpoint=args.checkpoint, resume=args.resume, eval_every=args.eval_every,
+        checkpoint_every=args.eval_every, seed=args.seed, backend=args.backend,
+        progress=not args.quiet)
+    H, val = result["unigram_entropy"], result["val_bits_per_char"]
+    print(f"validation: {val:.3f} bits/char (unigram entropy {H:.3f} bits/char, "
+          f"{100 * (1 - val / H):.0f}% below it)")
+    print(f"checkpoint: {args.checkpoint}")
+    print("sample:\n" + sample(result["graphs"], result["model"], result["vocab"],
+                                args.prime, args.sample_length, args.temperature, args.seed))
+    return 0
+
+
+def _sample(args) -> int:
+    from rnn.checkpoint import CheckpointError
+    from rnn.lm import load_language_model, sample
+
+    try:
+        model, vocab, graphs = load_language_model(args.checkpoint, args.backend)
+    except CheckpointError as e:
+        print(f"autograph sample: {e}", file=sys.stderr)
+        return 1
+    print(sample(graphs, model, vocab, args.prime, args.length, args.temperature, args.seed))
+    return 0
+
+
+def _positive(kind):
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}")
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return v
+    return parse
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="autograph",
@@ -96,6 +150,46 @@ def main(argv=None) -> int:
     demo.add_argument("--batch", type=int, default=2, help="batch size B (default 2)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.set_defaults(run=_demo)
+
+    train = sub.add_parser("train", help="train a character-level language model")
+    train.add_argument("files", nargs="*", help="text files (default: a stdlib package's source)")
+    train.add_argument("--package", default="json",
+                       help="standard-library package whose source is the corpus when no "
+                            "file is given (default json)")
+    train.add_argument("--cell", choices=["lstm", "gru", "elman"], default="lstm")
+    train.add_argument("--hidden", type=_positive(int), default=128, help="hidden size (128)")
+    train.add_argument("--layers", type=_positive(int), default=1, help="stacked layers (1)")
+    train.add_argument("--embed", type=int, default=0,
+                       help="embedding size; 0 feeds one-hot characters (default 0)")
+    train.add_argument("--batch", type=_positive(int), default=32, help="parallel streams (32)")
+    train.add_argument("--seq-len", type=_positive(int), default=64,
+                       help="truncated-BPTT length k: the gradient is cut every k steps (64)")
+    train.add_argument("--steps", type=_positive(int), default=1000, help="updates (1000)")
+    train.add_argument("--lr", type=_positive(float), default=3e-3, help="learning rate (3e-3)")
+    train.add_argument("--optimizer", choices=["adam", "momentum", "sgd"], default="adam")
+    train.add_argument("--clip", type=_positive(float), default=5.0,
+                       help="clip the gradient's global norm to this (5)")
+    train.add_argument("--checkpoint", default="checkpoints/char-lm.npz",
+                       help="checkpoint path (default checkpoints/char-lm.npz)")
+    train.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    train.add_argument("--eval-every", type=_positive(int), default=200,
+                       help="evaluate and checkpoint every N steps (200)")
+    train.add_argument("--backend", default="numpy", help="autograph backend (numpy)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--prime", default="def ", help="text the sample starts from")
+    train.add_argument("--sample-length", type=int, default=300)
+    train.add_argument("--temperature", type=_positive(float), default=0.8)
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(run=_train)
+
+    samp = sub.add_parser("sample", help="generate text from a language-model checkpoint")
+    samp.add_argument("checkpoint", help="a checkpoint written by `autograph train`")
+    samp.add_argument("--length", type=_positive(int), default=500)
+    samp.add_argument("--temperature", type=_positive(float), default=0.8)
+    samp.add_argument("--prime", default="def ")
+    samp.add_argument("--seed", type=int, default=0)
+    samp.add_argument("--backend", default="numpy")
+    samp.set_defaults(run=_sample)
     args = parser.parse_args(argv)
     for name in ("steps", "batch"):
         if getattr(args, name, 1) < 1:

@@ -12,6 +12,7 @@ from .data import (EOS, GO, NUM, PAD, UNK, URL, Vocab, batches, char_tokens, pad
 from .layers import RNN, Embedding, Linear, one_hot, run
 from .losses import sequence_cross_entropy, squared_error
 from .module import Module
+from .train import Step, Trainer, compile_function
 from .optim import (OPTIMIZERS, SGD, Adam, Momentum, Optimizer, clip_by_global_norm,
                     clip_by_value, global_norm)
 

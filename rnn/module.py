@@ -53,7 +53,8 @@ class Module:
             stack.extend(reversed(m.children))
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Every parameter of the tree by full name (``"lstm.l0.U"``), in a fixed order."""
+        """Every parameter of the tree by full name (``"lstm.l0.U"``), in a fixed order.
+        The arrays are the live parameters, not copies: optimizers update them in place."""
         return {f"{m.name}.{k}": v for m in self.modules() for k, v in m.params.items()}
 
     def nodes(self) -> dict[str, ag.Node]:
