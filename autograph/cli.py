@@ -90,22 +90,29 @@ def _textbook_bptt(x, s0, U, W, b):
 
 
 def _train(args) -> int:
+    from rnn.checkpoint import CheckpointError
     from rnn.lm import default_corpus, read_corpus, sample, train_language_model
 
-    if args.files:
-        text = read_corpus(args.files)
-        source = f"{len(args.files)} file(s)"
-    else:
-        text, files = default_corpus(args.package)
-        source = f"the standard library's {args.package!r} package ({len(files)} files)"
+    try:
+        if args.files:
+            text = read_corpus(args.files)
+            source = f"{len(args.files)} file(s)"
+        else:
+            text, files = default_corpus(args.package)
+            source = f"the standard library's {args.package!r} package ({len(files)} files)"
+    except (OSError, ValueError) as e:
+        print(f"autograph train: {e}", file=sys.stderr)
+        return 1
     print(f"training a character-level {args.cell.upper()} on {source}")
-    result = train_language_model(
-        text, hidden_size=args.hidden, num_layers=args.layers, cell=args.cell,
-        embed_dim=args.embed or None, batch=args.batch, seq_len=args.seq_len,
-        steps=args.steps, lr=args.lr, optimizer=args.optimizer, clip_norm=args.clip,
-        checkpoint=args.checkpoint, resume=args.resume, eval_every=args.eval_every,
-        checkpoint_every=args.eval_every, seed=args.seed, backend=args.backend,
-        progress=not args.quiet)
+    try:
+        result = _run_training(args, text)
+    except (CheckpointError, ValueError) as e:
+        print(f"autograph train: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; the last checkpoint ({args.checkpoint}) is intact; "
+              "continue with --resume", file=sys.stderr)
+        return 130
     H, val = result["unigram_entropy"], result["val_bits_per_char"]
     print(f"validation: {val:.3f} bits/char (unigram entropy {H:.3f} bits/char, "
           f"{100 * (1 - val / H):.0f}% below it)")
@@ -113,6 +120,18 @@ def _train(args) -> int:
     print("sample:\n" + sample(result["graphs"], result["model"], result["vocab"],
                                 args.prime, args.sample_length, args.temperature, args.seed))
     return 0
+
+
+def _run_training(args, text):
+    from rnn.lm import train_language_model
+
+    return train_language_model(
+        text, hidden_size=args.hidden, num_layers=args.layers, cell=args.cell,
+        embed_dim=args.embed or None, batch=args.batch, seq_len=args.seq_len,
+        steps=args.steps, lr=args.lr, optimizer=args.optimizer, clip_norm=args.clip,
+        checkpoint=args.checkpoint, resume=args.resume, eval_every=args.eval_every,
+        checkpoint_every=args.eval_every, seed=args.seed, backend=args.backend,
+        progress=not args.quiet)
 
 
 def _sample(args) -> int:
