@@ -247,6 +247,12 @@ def matmul(a, b, name=None) -> Node:
         if a.shape != b.shape:
             fail("matmul", (a, b), "vectors of different lengths")
         return sum(a * b, name=name)
+    # Check vector operands here, before they are reshaped, so the message names them.
+    inner_b = b.shape[0] if b.ndim == 1 else b.shape[-2]
+    if a.shape[-1] != inner_b:
+        fail("matmul", (a, b), f"inner dims differ: {a.shape[-1]} (last of {a.label!r}) vs "
+                               f"{inner_b} ({'length' if b.ndim == 1 else 'second-to-last'} "
+                               f"of {b.label!r})")
     if a.ndim == 1:
         out = make("matmul", (reshape(a, (1,) + a.shape), b))
         return named_if(reshape(out, out.shape[:-2] + out.shape[-1:]), name)
