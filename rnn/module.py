@@ -80,6 +80,9 @@ class Module:
             if v.dtype.kind != "f":
                 raise ag.DTypeError(f"{self.name}: parameter {k!r} has dtype {v.dtype}; "
                                     "parameters are floats")
+            if not np.all(np.isfinite(v)):
+                raise ValueError(f"{self.name}: parameter {k!r} has non-finite values "
+                                 "(NaN or inf)")
             new[k] = v
         for m in self.modules():
             for k in m.params:

@@ -400,5 +400,10 @@ def test_module_load_state_dict_errors():
         m.load_state_dict(dict(sd, **{k0: np.zeros((1, 1))}))
     with pytest.raises(ag.DTypeError):
         m.load_state_dict(dict(sd, **{k0: sd[k0].astype(np.int64)}))
+    before = {k: v.copy() for k, v in m.state_dict().items()}
+    with pytest.raises(ValueError, match="non-finite"):
+        m.load_state_dict(dict(sd, **{k0: np.full_like(sd[k0], np.inf)}))
+    for k, v in m.state_dict().items():  # checked before changing anything
+        assert np.array_equal(v, before[k]), k
     with pytest.raises(KeyError, match="nope"):
         m.cells[0].p("nope")
