@@ -328,3 +328,37 @@ def test_clip_errors():
         rnn.clip_by_value({"a": np.ones(2)}, -1.0)
     with pytest.raises(FloatingPointError):
         rnn.clip_by_global_norm({"a": np.array([np.inf, 1.0])}, 1.0)
+
+
+@pytest.mark.parametrize("kind,nonlinearity", [("lstm", None), ("gru", None)], ids=["lstm", "gru"])
+def test_mask_with_initial_state_matches_packed_sequence(kind, nonlinearity):
+    """With h0/c0 given, the reverse direction starts from them at each sequence's last
+    real step (our pad steps carry the initial state until then)."""
+    Tm, lengths = 5, [2, 5, 3]
+    Bm = len(lengths)
+    tm = torch_model(kind, nonlinearity, 2, True, seed=12)
+    m = our_model(kind, nonlinearity, 2, True)
+    m.params_from_torch(tm.state_dict())
+    rng = np.random.default_rng(9)
+    xv = rng.standard_normal((Tm, Bm, D))
+    mask = np.arange(Tm)[:, None] < np.array(lengths)[None, :]
+    nstate = 2 if kind == "lstm" else 1
+    s0v = [rng.standard_normal((4, Bm, H)) for _ in range(nstate)]
+    x = ag.placeholder("x", (Tm, Bm, D))
+    mk = ag.placeholder("mask", (Tm, Bm), "bool")
+    s0 = [tuple(ag.placeholder(f"s{j}_{i}", (Bm, H)) for j in range(nstate)) for i in range(4)]
+    hs, finals = m(x, state0=s0, mask=mk)
+    outs = [hs] + [f[j] for j in range(nstate) for f in finals]
+    res = ag.function([x, mk] + [p for s in s0 for p in s] + list(m.nodes().values()), outs)(
+        xv, mask, *[s0v[j][i] for i in range(4) for j in range(nstate)],
+        *m.state_dict().values())
+    packed = torch.nn.utils.rnn.pack_padded_sequence(
+        torch.tensor(xv), torch.tensor(lengths), enforce_sorted=False)
+    s0t = tuple(torch.tensor(v) for v in s0v)
+    y, hn = tm(packed, s0t if kind == "lstm" else s0t[0])
+    y = torch.nn.utils.rnn.pad_packed_sequence(y, total_length=Tm)[0].detach().numpy()
+    hn = hn if kind == "lstm" else (hn,)
+    np.testing.assert_allclose(res[0][mask], y[mask], **TOL)
+    for j in range(nstate):
+        np.testing.assert_allclose(np.stack(res[1 + 4 * j:1 + 4 * (j + 1)]),
+                                   hn[j].detach().numpy(), **TOL)
