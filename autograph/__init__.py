@@ -21,6 +21,7 @@ from .interpret import evaluate
 from .ops import OPS
 from .printing import format_graph
 from .scan import scan
+from .sympy_bridge import SYMPY, check_derivation, elman_derivation, to_sympy, verify_grad
 from .typecheck import typecheck
 from .unroll import unroll
 from .vjp import VJP, grad, grad_steps, vjp

@@ -209,6 +209,8 @@ def main(argv=None) -> int:
     samp.add_argument("--seed", type=int, default=0)
     samp.add_argument("--backend", default="numpy")
     samp.set_defaults(run=_sample)
+    from .cli_verify import add_command as add_verify
+    add_verify(sub)
     args = parser.parse_args(argv)
     for name in ("steps", "batch"):
         if getattr(args, name, 1) < 1:
