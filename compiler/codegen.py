@@ -1,0 +1,445 @@
+"""LLVM IR for a planned loop-IR program, built with `llvmlite.ir`.
+
+The kernel has one signature for every program:
+
+    void kernel(i64* dims, ptr* inputs, ptr* outputs, i8* arena, i64* offsets, i64* status)
+
+`dims` holds the symbolic dims in `Program.dims` order; `offsets` the byte offset of
+each arena slot (computed in Python from the dims); `status` receives
+(code, value) when a runtime check fails, and the kernel returns at once.
+
+Scalars: float32 → float, float64 → double, int64 → i64; bool is i1 in registers
+and i8 in memory (NumPy's layout). `SCALAR` holds one emitter per elementwise op,
+keyed by the op's name, so every op of the core has its LLVM rule in one table.
+"""
+from __future__ import annotations
+
+import math
+
+from llvmlite import ir
+
+from .expr import Expr
+from .loopir import (Apply, Check, Const, Gather, Iota, Load, Loop, Map, MatMul, Program,
+                     Reduce, ScatterAdd)
+
+I1, I8, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(64)
+F32, F64 = ir.FloatType(), ir.DoubleType()
+PTR = ir.PointerType()
+REG = {"float32": F32, "float64": F64, "int64": I64, "bool": I1}
+MEM = {"float32": F32, "float64": F64, "int64": I64, "bool": I8}
+FLOATS = ("float32", "float64")
+
+
+class Emitter:
+    """Emits one kernel function; `env` maps dim names and loop variables to i64 values."""
+
+    def __init__(self, module: ir.Module, prog: Program, name: str):
+        self.module, self.prog = module, prog
+        fnty = ir.FunctionType(ir.VoidType(), [PTR] * 6)
+        self.fn = ir.Function(module, fnty, name)
+        for a, n in zip(self.fn.args, ("dims", "inputs", "outputs", "arena", "offsets", "status")):
+            a.name = n
+            a.add_attribute("noalias")
+        self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
+        self.env: dict = {}
+        self.base: dict = {}
+
+    # ----------------------------------------------------------------- plumbing
+
+    def intrinsic(self, name: str, ty, n_args=1):
+        suffix = {F32: "f32", F64: "f64"}[ty]
+        full = f"{name}.{suffix}"
+        fn = self.module.globals.get(full)
+        if fn is None:
+            fn = ir.Function(self.module, ir.FunctionType(ty, [ty] * n_args), full)
+        return fn
+
+    def libm(self, name: str, ty):
+        full = name + ("f" if ty == F32 else "")
+        fn = self.module.globals.get(full)
+        if fn is None:
+            fn = ir.Function(self.module, ir.FunctionType(ty, [ty]), full)
+        return fn
+
+    def i64(self, v: int):
+        return ir.Constant(I64, int(v))
+
+    def ex(self, e: Expr):
+        """An Expr as an i64 value."""
+        b = self.b
+        total = None
+        for syms, coeff in sorted(e.terms.items()):
+            term = self.i64(coeff) if not syms or coeff != 1 else None
+            for s in syms:
+                term = self.env[s] if term is None else b.mul(term, self.env[s])
+            total = term if total is None else b.add(total, term)
+        return total if total is not None else self.i64(0)
+
+    def loop(self, count, body_fn, name="i"):
+        """for i in range(count): body_fn(i)   (skipped when count <= 0)."""
+        b = self.b
+        pre = b.block
+        body_bb = self.fn.append_basic_block(f"{name}.body")
+        exit_bb = self.fn.append_basic_block(f"{name}.exit")
+        b.cbranch(b.icmp_signed(">", count, self.i64(0)), body_bb, exit_bb)
+        b.position_at_end(body_bb)
+        i = b.phi(I64, name=name)
+        i.add_incoming(self.i64(0), pre)
+        body_fn(i)
+        nxt = b.add(i, self.i64(1), name=f"{name}.next")
+        i.add_incoming(nxt, b.block)
+        b.cbranch(b.icmp_signed("<", nxt, count), body_bb, exit_bb)
+        b.position_at_end(exit_bb)
+
+    def nest(self, shape, fn, idx=()):
+        """Loops over every index of `shape` (row-major order); fn(index tuple)."""
+        if len(idx) == len(shape):
+            fn(idx)
+            return
+        self.loop(self.ex(shape[len(idx)]), lambda i: self.nest(shape, fn, idx + (i,)),
+                  name=f"ax{len(idx)}")
+
+    def at(self, buf, off):
+        """Pointer to element `off` (i64) of `buf`."""
+        return self.b.gep(self.base[buf.id], [off], inbounds=True, source_etype=MEM[buf.dtype])
+
+    def ptr(self, ref, idx):
+        b = self.b
+        off = self.ex(ref.offset)
+        for i, st in zip(idx, ref.strides):
+            if st == Expr.of(0):
+                continue
+            off = b.add(off, i if st == Expr.of(1) else b.mul(i, self.ex(st)))
+        return self.at(ref.buf, off)
+
+    def load(self, ref, idx):
+        v = self.b.load(self.ptr(ref, idx), typ=MEM[ref.dtype])
+        if ref.dtype == "bool":
+            v = self.b.icmp_unsigned("!=", v, ir.Constant(I8, 0))
+        return v
+
+    def store(self, ref, idx, v):
+        if ref.dtype == "bool":
+            v = self.b.zext(v, I8)
+        self.b.store(v, self.ptr(ref, idx))
+
+    def const(self, value, dtype):
+        ty = REG[dtype]
+        if isinstance(value, Expr):
+            v = self.ex(value)
+            return convert(self.b, v, "int64", dtype)
+        if dtype == "bool":
+            return ir.Constant(I1, int(bool(value)))
+        if dtype == "int64":
+            return ir.Constant(I64, int(value))
+        return ir.Constant(ty, float(value))
+
+    # ----------------------------------------------------------------- scalar trees
+
+    def val(self, t, idx):
+        if isinstance(t, Load):
+            return self.load(t.ref, idx)
+        if isinstance(t, Const):
+            return self.const(t.value, t.dtype)
+        if isinstance(t, Iota):
+            return idx[t.axis]
+        if isinstance(t, Gather):
+            row = self.val(t.idx, idx)
+            ref = t.table
+            b = self.b
+            off = b.add(self.ex(ref.offset), b.mul(row, self.ex(ref.strides[0])))
+            for i, st in zip(idx[t.n_lead:], ref.strides[1:]):
+                off = b.add(off, b.mul(i, self.ex(st)))
+            v = b.load(self.at(ref.buf, off), typ=MEM[ref.dtype])
+            if ref.dtype == "bool":
+                v = b.icmp_unsigned("!=", v, ir.Constant(I8, 0))
+            return v
+        if isinstance(t, Apply):
+            args = [self.val(a, idx) for a in t.args]
+            dtypes = [a.dtype for a in t.args]
+            return SCALAR[t.op](self, args, dtypes, t.dtype, dict(t.params))
+        raise TypeError(f"cannot emit {t!r}")
+
+    # ----------------------------------------------------------------- statements
+
+    def emit(self, body):
+        for s in body:
+            getattr(self, "emit_" + type(s).__name__)(s)
+
+    def emit_Map(self, s: Map):
+        self.nest(s.out.shape, lambda idx: self.store(s.out, idx, self.val(s.tree, idx)))
+
+    def emit_Reduce(self, s: Reduce):
+        def step(idx):
+            v = self.val(s.tree, idx)
+            p = self.ptr(s.out, idx)
+            old = self.b.load(p, typ=MEM[s.out.dtype])
+            dtype = s.out.dtype
+            if s.kind == "sum":
+                new = self.b.fadd(old, v) if dtype in FLOATS else self.b.add(old, v)
+            else:
+                new = maximum(self, old, v, dtype)
+            self.b.store(new, p)
+        self.nest(s.shape, step)
+
+    def emit_MatMul(self, s: MatMul):
+        """
+        for batch…: for i < M: out[i, :] = 0; for k < K: a = A[i, k]; for j < N: out[i, j] += a·B[k, j]
+        """
+        out, A, B = s.out, s.a, s.b
+        nb = out.ndim - 2
+        M, N, K = out.shape[-2], out.shape[-1], A.shape[-1]
+        is_float = out.dtype in FLOATS
+        zero = self.const(0, out.dtype)
+
+        def per_batch(bidx):
+            def row(i):
+                self.loop(self.ex(N), lambda j: self.store(out, bidx + (i, j), zero), "j0")
+
+                def inner(k):
+                    a = self.load(A, bidx + (i, k))
+
+                    def col(j):
+                        p = self.ptr(out, bidx + (i, j))
+                        prod = self.b.fmul(a, self.load(B, bidx + (k, j))) if is_float else \
+                            self.b.mul(a, self.load(B, bidx + (k, j)))
+                        old = self.b.load(p, typ=MEM[out.dtype])
+                        self.b.store(self.b.fadd(old, prod) if is_float else self.b.add(old, prod), p)
+                    self.loop(self.ex(N), col, "j")
+                self.loop(self.ex(K), inner, "k")
+            self.loop(self.ex(M), row, "m")
+        self.nest(out.shape[:nb], per_batch)
+
+    def emit_ScatterAdd(self, s: ScatterAdd):
+        lead = s.idx.ndim
+        is_float = s.out.dtype in FLOATS
+
+        def step(idx):
+            b = self.b
+            row = self.load(s.idx, idx[:lead])
+            off = b.add(self.ex(s.out.offset), b.mul(row, self.ex(s.out.strides[0])))
+            for i, st in zip(idx[lead:], s.out.strides[1:]):
+                off = b.add(off, b.mul(i, self.ex(st)))
+            p = self.at(s.out.buf, off)
+            v = self.load(s.src, idx)
+            old = b.load(p, typ=MEM[s.out.dtype])
+            b.store(b.fadd(old, v) if is_float else b.add(old, v), p)
+        self.nest(s.src.shape, step)
+
+    def emit_Check(self, s: Check):
+        def step(idx):
+            b = self.b
+            bad = self.val(s.cond, idx)
+            fail_bb = self.fn.append_basic_block("check.fail")
+            ok_bb = self.fn.append_basic_block("check.ok")
+            b.cbranch(bad, fail_bb, ok_bb)
+            b.position_at_end(fail_bb)
+            value = convert(b, self.val(s.value, idx), s.value.dtype, "int64")
+            b.store(self.i64(s.code), b.gep(self.status, [self.i64(0)], source_etype=I64))
+            b.store(value, b.gep(self.status, [self.i64(1)], source_etype=I64))
+            b.ret_void()
+            b.position_at_end(ok_bb)
+        self.nest(s.shape, step)
+
+    def emit_Loop(self, s: Loop):
+        count = self.ex(s.count)
+
+        def body(i):
+            self.env[s.var] = self.b.sub(self.b.sub(count, self.i64(1)), i) if s.reverse else i
+            self.emit(s.body)
+            del self.env[s.var]
+        self.loop(count, body, name=s.var.lstrip("$"))
+
+    # ----------------------------------------------------------------- the function
+
+    def build(self):
+        b = self.b
+        dims, inputs, outputs, arena, offsets, status = self.fn.args
+        self.status = status
+        for k, d in enumerate(self.prog.dims):
+            self.env[d] = b.load(b.gep(dims, [self.i64(k)], source_etype=I64), name=d, typ=I64)
+        for buf in self.prog.buffers:
+            if buf.kind == "input":
+                p = b.load(b.gep(inputs, [self.i64(buf.index)], source_etype=PTR), typ=PTR)
+            elif buf.kind == "output":
+                p = b.load(b.gep(outputs, [self.i64(buf.index)], source_etype=PTR), typ=PTR)
+            elif buf.kind == "arena":
+                if buf.index < 0:
+                    continue
+                off = b.load(b.gep(offsets, [self.i64(buf.index)], source_etype=I64), typ=I64)
+                p = b.gep(arena, [off], source_etype=I8)
+            else:  # const
+                data = buf.data.reshape(-1)
+                ty = ir.ArrayType(MEM[buf.dtype], data.size)
+                g = ir.GlobalVariable(self.module, ty, f"const{buf.id}")
+                g.global_constant = True
+                g.linkage = "internal"
+                g.initializer = ir.Constant(ty, [self._elem(x, buf.dtype) for x in data.tolist()])
+                p = g
+            self.base[buf.id] = p
+        self.emit(self.prog.body)
+        self.b.ret_void()
+
+    def _elem(self, x, dtype):
+        if dtype == "bool":
+            return ir.Constant(I8, int(bool(x)))
+        if dtype == "int64":
+            return ir.Constant(I64, int(x))
+        return ir.Constant(MEM[dtype], float(x))
+
+
+# ----------------------------------------------------------------------------- scalar rules
+
+def convert(b, v, src: str, dst: str):
+    """Cast a register value between our dtypes, as NumPy's astype does."""
+    if src == dst:
+        return v
+    if src in FLOATS and dst in FLOATS:
+        return b.fpext(v, F64) if dst == "float64" else b.fptrunc(v, F32)
+    if src in FLOATS:
+        if dst == "bool":
+            return b.fcmp_unordered("!=", v, ir.Constant(REG[src], 0.0))
+        return b.fptosi(v, I64)
+    if src == "int64":
+        if dst == "bool":
+            return b.icmp_signed("!=", v, ir.Constant(I64, 0))
+        return b.sitofp(v, REG[dst])
+    # bool
+    if dst == "int64":
+        return b.zext(v, I64)
+    return b.uitofp(v, REG[dst])
+
+
+def maximum(em, x, y, dtype):
+    if dtype in FLOATS:
+        return em.b.call(em.intrinsic("llvm.maximum", REG[dtype], 2), [x, y])
+    return em.b.select(em.b.icmp_signed(">", x, y), x, y)
+
+
+def minimum(em, x, y, dtype):
+    if dtype in FLOATS:
+        return em.b.call(em.intrinsic("llvm.minimum", REG[dtype], 2), [x, y])
+    return em.b.select(em.b.icmp_signed("<", x, y), x, y)
+
+
+def _sigmoid(em, x, ty):
+    """1/(1+e^-x) for x ≥ 0, e^x/(1+e^x) below: exp of a non-positive number only."""
+    b = em.b
+    ax = b.call(em.intrinsic("llvm.fabs", ty), [x])
+    e = b.call(em.intrinsic("llvm.exp", ty), [b.fneg(ax)])
+    one = ir.Constant(ty, 1.0)
+    d = b.fadd(one, e)
+    return b.select(b.fcmp_ordered(">=", x, ir.Constant(ty, 0.0)), b.fdiv(one, d), b.fdiv(e, d))
+
+
+def _floor_div(b, x, y):
+    q = b.sdiv(x, y)
+    r = b.srem(x, y)
+    zero = ir.Constant(I64, 0)
+    fix = b.and_(b.icmp_signed("!=", r, zero),
+                 b.icmp_signed("<", b.xor(r, y), zero))
+    return b.sub(q, b.zext(fix, I64))
+
+
+def _cmp(op_float, op_int, unordered=False):
+    def emit(em, a, dtypes, out, p):
+        x, y = a
+        if dtypes[0] in FLOATS:
+            f = em.b.fcmp_unordered if unordered else em.b.fcmp_ordered
+            return f(op_float, x, y)
+        return em.b.icmp_signed(op_int, x, y)
+    return emit
+
+
+def _unary_float(intr=None, libm=None):
+    def emit(em, a, dtypes, out, p):
+        ty = REG[out]
+        fn = em.intrinsic(intr, ty) if intr else em.libm(libm, ty)
+        return em.b.call(fn, [a[0]])
+    return emit
+
+
+def _arith(fop, iop):
+    def emit(em, a, dtypes, out, p):
+        x, y = a
+        return getattr(em.b, fop)(x, y) if out in FLOATS else getattr(em.b, iop)(x, y)
+    return emit
+
+
+def _div(em, a, dtypes, out, p):
+    x, y = a
+    return em.b.fdiv(x, y) if out in FLOATS else _floor_div(em.b, x, y)
+
+
+def _pow(em, a, dtypes, out, p):
+    x, y = a
+    if out in FLOATS:
+        return em.b.call(em.intrinsic("llvm.pow", REG[out], 2), [x, y])
+    fx, fy = em.b.sitofp(x, F64), em.b.sitofp(y, F64)
+    r = em.b.call(em.intrinsic("llvm.pow", F64, 2), [fx, fy])
+    return em.b.fptosi(r, I64)
+
+
+def _neg(em, a, dtypes, out, p):
+    return em.b.fneg(a[0]) if out in FLOATS else em.b.neg(a[0])
+
+
+def _abs(em, a, dtypes, out, p):
+    if out in FLOATS:
+        return em.b.call(em.intrinsic("llvm.fabs", REG[out]), [a[0]])
+    x = a[0]
+    return em.b.select(em.b.icmp_signed("<", x, ir.Constant(I64, 0)), em.b.neg(x), x)
+
+
+def _sign(em, a, dtypes, out, p):
+    b, x = em.b, a[0]
+    if out in FLOATS:
+        ty = REG[out]
+        zero = ir.Constant(ty, 0.0)
+        neg = b.select(b.fcmp_ordered("<", x, zero), ir.Constant(ty, -1.0), x)
+        return b.select(b.fcmp_ordered(">", x, zero), ir.Constant(ty, 1.0), neg)
+    zero = ir.Constant(I64, 0)
+    return b.sub(b.zext(b.icmp_signed(">", x, zero), I64), b.zext(b.icmp_signed("<", x, zero), I64))
+
+
+def _relu(em, a, dtypes, out, p):
+    return maximum(em, a[0], em.const(0, out), out)
+
+
+SCALAR = {
+    "exp": _unary_float("llvm.exp"),
+    "log": _unary_float("llvm.log"),
+    "sqrt": _unary_float("llvm.sqrt"),
+    "tanh": _unary_float(libm="tanh"),
+    "sigmoid": lambda em, a, d, out, p: _sigmoid(em, a[0], REG[out]),
+    "neg": _neg,
+    "abs": _abs,
+    "sign": _sign,
+    "relu": _relu,
+    "add": _arith("fadd", "add"),
+    "sub": _arith("fsub", "sub"),
+    "mul": _arith("fmul", "mul"),
+    "div": _div,
+    "pow": _pow,
+    "maximum": lambda em, a, d, out, p: maximum(em, a[0], a[1], out),
+    "minimum": lambda em, a, d, out, p: minimum(em, a[0], a[1], out),
+    "greater": _cmp(">", ">"),
+    "greater_equal": _cmp(">=", ">="),
+    "less": _cmp("<", "<"),
+    "less_equal": _cmp("<=", "<="),
+    "equal": _cmp("==", "=="),
+    "not_equal": _cmp("!=", "!=", unordered=True),
+    "logical_and": lambda em, a, d, out, p: em.b.and_(a[0], a[1]),
+    "logical_or": lambda em, a, d, out, p: em.b.or_(a[0], a[1]),
+    "logical_not": lambda em, a, d, out, p: em.b.xor(a[0], ir.Constant(I1, 1)),
+    "where": lambda em, a, d, out, p: em.b.select(a[0], a[1], a[2]),
+    "cast": lambda em, a, d, out, p: convert(em.b, a[0], d[0], out),
+}
+
+
+def emit_module(prog: Program, name: str = "kernel") -> ir.Module:
+    """The LLVM module holding the kernel of `prog` (planned)."""
+    module = ir.Module(name=name)
+    em = Emitter(module, prog, name)
+    em.build()
+    return module

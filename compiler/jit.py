@@ -1,0 +1,268 @@
+"""From loop IR to a callable kernel: LLVM optimization, JIT, the disk cache, and
+the argument checks that stand between Python and native code."""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import pathlib
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+import llvmlite
+import llvmlite.binding as llvm
+
+from autograph.errors import BackendError, InputError
+from autograph.graph import Graph
+
+from .loopir import Program
+
+log = logging.getLogger("autograph.compiler")
+
+OPT_LEVEL = 3
+CACHE_FORMAT = b"AGKERNEL1\n"
+_lock = threading.RLock()
+_target = None
+_keep: list = []
+
+
+def target_machine():
+    """The host's target machine (CPU name and features), made once per process."""
+    global _target
+    with _lock:
+        if _target is None:
+            llvm.initialize_native_target()
+            llvm.initialize_native_asmprinter()
+            cpu, features = llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
+            _target = (_new_target_machine(cpu, features), cpu, features,
+                       llvm.get_process_triple())
+    return _target
+
+
+def _new_target_machine(cpu=None, features=None):
+    if cpu is None:
+        _, cpu, features, _ = target_machine()
+    return llvm.Target.from_default_triple().create_target_machine(
+        cpu=cpu, features=features, opt=OPT_LEVEL, codemodel="jitdefault")
+
+
+def optimize(ir_text: str):
+    """Parse, verify and optimize a module with the new pass manager at OPT_LEVEL."""
+    mod = llvm.parse_assembly(ir_text)
+    mod.verify()
+    mod.triple = llvm.get_process_triple()
+    with _lock:
+        # A fresh pass builder per module: it is cheap, and builders are not shared
+        # between threads. Its tuning options must outlive it, so both are kept here.
+        pto = llvm.create_pipeline_tuning_options(speed_level=OPT_LEVEL)
+        pto.loop_vectorization = True
+        pto.slp_vectorization = True
+        pb = llvm.create_pass_builder(target_machine()[0], pto)
+        mpm = pb.getModulePassManager()
+        mpm.run(mod, pb)
+        _keep.append((pto, pb, mpm))
+        del _keep[:-1]
+    return mod
+
+
+# ----------------------------------------------------------------------------- disk cache
+
+def cache_dir() -> pathlib.Path:
+    """Where compiled kernels are kept: $AUTOGRAPH_CACHE_DIR, else the user's cache
+    directory. Created private to the user (mode 0700)."""
+    root = os.environ.get("AUTOGRAPH_CACHE_DIR")
+    if root:
+        path = pathlib.Path(root)
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
+        path = pathlib.Path(base) / "autograph" / "kernels"
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def cache_key(ir_text: str) -> str:
+    """Hash of everything the object code depends on."""
+    from autograph import __version__
+    tm, cpu, features, triple = target_machine()
+    h = hashlib.sha256()
+    for part in (ir_text, ".".join(map(str, llvm.llvm_version_info)), llvmlite.__version__,
+                 triple, cpu, features, str(OPT_LEVEL), __version__, CACHE_FORMAT.decode()):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def cache_load(key: str) -> bytes | None:
+    """The object code stored under `key`, or None. A corrupt, truncated or foreign
+    entry is logged, removed and ignored."""
+    path = cache_dir() / f"{key}.o"
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        log.info("kernel cache miss %s", key[:16])
+        return None
+    except OSError as e:
+        log.warning("kernel cache entry %s unreadable (%s); rebuilding", path, e)
+        return None
+    head = len(CACHE_FORMAT)
+    ok = (data.startswith(CACHE_FORMAT) and len(data) >= head + 72
+          and data[head:head + 32] == bytes.fromhex(key))
+    if ok:
+        digest, size = data[head + 32:head + 64], int.from_bytes(data[head + 64:head + 72], "little")
+        payload = data[head + 72:]
+        ok = len(payload) == size and hashlib.sha256(payload).digest() == digest
+    if not ok:
+        log.warning("kernel cache entry %s is corrupt or foreign; ignoring and rebuilding", path)
+        try:
+            path.unlink()
+        except OSError:
+            pass
+        return None
+    log.info("kernel cache hit %s", key[:16])
+    return payload
+
+
+def cache_store(key: str, payload: bytes) -> None:
+    """Write an entry atomically (a temp file in the same directory, then rename)."""
+    d = cache_dir()
+    blob = (CACHE_FORMAT + bytes.fromhex(key) + hashlib.sha256(payload).digest()
+            + len(payload).to_bytes(8, "little") + payload)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".o")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, d / f"{key}.o")
+    except OSError as e:
+        log.warning("could not write kernel cache entry: %s", e)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+# ----------------------------------------------------------------------------- kernels
+
+_KERNEL_T = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 6)
+
+
+def jit(ir_text: str, use_cache: bool = True):
+    """(engine, function address, seconds spent, whether the cache answered)."""
+    t0 = time.perf_counter()
+    tm = target_machine()[0]
+    key = cache_key(ir_text) if use_cache else None
+    obj = cache_load(key) if use_cache else None
+    hit = obj is not None
+    if obj is None:
+        obj = tm.emit_object(optimize(ir_text))
+        if use_cache:
+            cache_store(key, obj)
+    # An execution engine owns (and frees) its target machine: give it its own.
+    engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), _new_target_machine())
+    engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+    engine.finalize_object()
+    addr = engine.get_function_address("kernel")
+    if not addr:
+        raise BackendError("the compiled object has no kernel function")
+    return engine, addr, time.perf_counter() - t0, hit
+
+
+def _data_ptr(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+class Kernel:
+    """A compiled graph. Calling it checks every argument (dtype, shape, symbolic-dim
+    bindings, contiguity, alignment) before native code runs, so a bad argument is a
+    Python exception that names it."""
+
+    def __init__(self, graph: Graph, prog: Program, ir_text: str, use_cache: bool = True):
+        self.graph, self.prog, self.ir_text = graph, prog, ir_text
+        self.engine, addr, self.compile_seconds, self.cache_hit = jit(ir_text, use_cache)
+        self._fn = _KERNEL_T(addr)   # the engine stays alive as long as this kernel
+        self._layouts: dict = {}
+        self.names = [x.name for x in graph.inputs]
+
+    # ----------------------------------------------------------------- checks
+
+    def check_args(self, arrays) -> dict:
+        """The dim binding of `arrays`, after checking each one strictly."""
+        if len(arrays) != len(self.graph.inputs):
+            raise InputError(f"the kernel takes {len(self.graph.inputs)} arrays "
+                             f"({', '.join(self.names)}), got {len(arrays)}")
+        dims: dict = {}
+        for x, a in zip(self.graph.inputs, arrays):
+            if not isinstance(a, np.ndarray):
+                raise InputError(f"input {x.name!r}: expected a NumPy array, got {type(a).__name__}")
+            if a.dtype.name != x.dtype:
+                raise InputError(f"input {x.name!r} expects dtype {x.dtype}, got {a.dtype.name}")
+            if a.ndim != len(x.shape):
+                raise InputError(f"input {x.name!r} expects {len(x.shape)} dims "
+                                 f"{list(x.shape)}, got shape {a.shape}")
+            for axis, (d, n) in enumerate(zip(x.shape, a.shape)):
+                if isinstance(d, int) and d != n:
+                    raise InputError(f"input {x.name!r} expects size {d} on axis {axis}, "
+                                     f"got shape {a.shape}")
+                if isinstance(d, str):
+                    if dims.setdefault(d, n) != n:
+                        raise InputError(f"input {x.name!r} has {d}={n} on axis {axis}, but an "
+                                         f"earlier input bound {d}={dims[d]}")
+            if not a.flags.c_contiguous or not a.flags.aligned:
+                raise InputError(f"input {x.name!r} is not a C-contiguous aligned array; "
+                                 "pass np.ascontiguousarray(...)")
+        return dims
+
+    def check_dims(self, dims: dict) -> None:
+        for d in self.prog.dims:
+            if d not in dims:
+                raise InputError(f"symbolic dim {d!r} is not bound; pass an input that has it")
+        for c in self.prog.constraints:
+            kind = c[0]
+            if kind == "eq" and dims[c[1]] != c[2]:
+                raise InputError(c[3].format(value=dims[c[1]]))
+            if kind == "range":
+                n = dims[c[1]]
+                if not -n <= c[2] < n:
+                    raise InputError(c[3].format(value=n))
+            if kind == "nonempty" and c[1].evaluate(dims) < 1:
+                raise InputError(c[2])
+
+    # ----------------------------------------------------------------- calls
+
+    def __call__(self, *arrays):
+        """Run on NumPy arrays (exact dtypes, C-contiguous); returns a list of arrays."""
+        dims = self.check_args(arrays)
+        return self.run(list(arrays), dims)
+
+    def run(self, arrays, dims):
+        """Run on arrays already checked against the graph (`autograph.function`)."""
+        arrays = [a if a.flags.c_contiguous and a.flags.aligned else np.ascontiguousarray(a)
+                  for a in arrays]
+        prog = self.prog
+        key = tuple(dims.get(d, -1) for d in prog.dims)
+        layout = self._layouts.get(key)
+        if layout is None:
+            self.check_dims(dims)
+            nbytes, offsets = prog.arena_layout(dims)
+            layout = (nbytes, np.array(offsets or [0], dtype=np.int64),
+                      np.array([dims[d] for d in prog.dims] or [0], dtype=np.int64),
+                      [tuple(e.evaluate(dims) for e in s) for s in prog.out_shapes])
+            self._layouts[key] = layout
+        nbytes, offsets, dim_arr, out_shapes = layout
+        arena = np.empty(max(nbytes, 64), dtype=np.uint8)
+        outs = [np.empty(s, dtype=b.dtype) for s, b in zip(out_shapes, prog.outputs)]
+        ins = (ctypes.c_void_p * max(len(arrays), 1))(*[_data_ptr(a) for a in arrays])
+        ous = (ctypes.c_void_p * max(len(outs), 1))(*[_data_ptr(o) for o in outs])
+        status = np.zeros(2, dtype=np.int64)
+        self._fn(_data_ptr(dim_arr), ctypes.addressof(ins), ctypes.addressof(ous),
+                 _data_ptr(arena), _data_ptr(offsets), _data_ptr(status))
+        if status[0]:
+            code = int(status[0])
+            message = prog.errors[code // 1000][code % 1000]
+            raise InputError(message.format(value=int(status[1])))
+        return outs

@@ -1,0 +1,530 @@
+"""Lowering: a graph becomes a loop-IR `Program`.
+
+Each op has one rule in `LOWER`, keyed by the op's name (the coverage test checks
+that every op of `autograph.ops.OPS` has one). A rule receives the values of the
+node's inputs and returns the node's value, which is one of
+  Ref   a strided view of a buffer (views — reshape, transpose, slice, broadcast —
+        cost nothing: they only change offset, shape and strides);
+  Lit   one number everywhere (scalar constants, `full`, dim sizes);
+  Lazy  an elementwise tree not yet stored. A value with a single consumer stays
+        lazy and is inlined into that consumer, so chains of elementwise ops fuse
+        into one loop; anything else is stored (`materialize`) into a new buffer.
+A scan becomes a `Loop` whose trip count is its (possibly symbolic) length; its body
+is lowered once, so compile time does not depend on T.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+
+from autograph.graph import Graph, Node
+
+from .expr import Expr, product, row_major
+from .loopir import (Apply, Buffer, Check, Const, Gather, Iota, Lazy, Lit, Load, Loop, Map,
+                     MatMul, Program, Reduce, Ref, ScatterAdd, tree_refs)
+
+LOWER: dict = {}
+
+ELEMENTWISE = ("exp", "log", "tanh", "sigmoid", "sqrt", "neg", "abs", "sign", "relu",
+               "add", "sub", "mul", "div", "pow", "maximum", "minimum",
+               "greater", "greater_equal", "less", "less_equal", "equal", "not_equal",
+               "logical_and", "logical_or", "logical_not", "where", "cast")
+
+ERR_INDEX, ERR_ZERO_DIV, ERR_NEG_POW = 1, 2, 3
+
+
+def rule(*names):
+    def deco(fn):
+        for n in names:
+            LOWER[n] = fn
+        return fn
+    return deco
+
+
+def S(shape) -> tuple:
+    return tuple(Expr.of(d) for d in shape)
+
+
+def index0(v, t: Expr):
+    """Step t of a value with a leading time axis."""
+    if isinstance(v, Lit):
+        return Lit(v.value, v.dtype, v.shape[1:])
+    return Ref(v.buf, v.offset + t * v.strides[0], v.shape[1:], v.strides[1:])
+
+
+def broadcast_view(ref: Ref, shape) -> Ref:
+    """`ref` seen with NumPy broadcasting as an array of `shape` (stride 0 where repeated)."""
+    shape = tuple(shape)
+    lead = len(shape) - ref.ndim
+    strides = [Expr.of(0)] * lead
+    for d_in, d_out, st in zip(ref.shape, shape[lead:], ref.strides):
+        strides.append(Expr.of(0) if d_in == Expr.of(1) and d_out != Expr.of(1) else st)
+    return Ref(ref.buf, ref.offset, shape, tuple(strides))
+
+
+def left_view(ref: Ref, shape) -> Ref:
+    """`ref` (of the leading dims of `shape`) repeated along the trailing dims."""
+    shape = tuple(shape)
+    return Ref(ref.buf, ref.offset, shape,
+               tuple(ref.strides) + (Expr.of(0),) * (len(shape) - ref.ndim))
+
+
+class Lowering:
+    """State of one lowering: buffers made so far, checks, loop variable names."""
+
+    def __init__(self):
+        self.buffers: list[Buffer] = []
+        self.constraints: list = []
+        self.errors: dict = {}
+        self._ids = itertools.count()
+        self._loops = itertools.count()
+
+    # ----------------------------------------------------------------- buffers
+
+    def new(self, shape, dtype, kind="arena", name="") -> Ref:
+        shape = S(shape)
+        buf = Buffer(next(self._ids), dtype, product(shape), kind, name=name)
+        self.buffers.append(buf)
+        return Ref.full(buf, shape)
+
+    def tree(self, v, shape, body) -> object:
+        """A scalar tree that reads `v` broadcast to `shape`."""
+        shape = tuple(shape)
+        if isinstance(v, Lit):
+            return Const(v.value, v.dtype)
+        if isinstance(v, Lazy):
+            if tuple(v.shape) == shape:
+                return v.tree
+            v = self.materialize(v, body)
+        return Load(broadcast_view(v, shape))
+
+    def store(self, dst: Ref, v, body) -> None:
+        body.append(Map(dst, self.tree(v, dst.shape, body)))
+
+    def materialize(self, v, body) -> Ref:
+        """`v` stored in a buffer (a Ref stays as it is)."""
+        if isinstance(v, Ref):
+            return v
+        ref = self.new(v.shape, v.dtype)
+        self.store(ref, v, body)
+        return ref
+
+    def contiguous(self, v, body) -> Ref:
+        v = self.materialize(v, body)
+        if v.strides == row_major(v.shape):
+            return v
+        ref = self.new(v.shape, v.dtype)
+        self.store(ref, v, body)
+        return ref
+
+    def check(self, shape, cond, code, value, message, body):
+        self.errors.setdefault(code, {})
+        key = len(self.errors[code])
+        self.errors[code][key] = message
+        body.append(Check(tuple(shape), cond, code * 1000 + key, value))
+
+    # ----------------------------------------------------------------- graphs
+
+    def lower_nodes(self, graph: Graph, env: dict, body: list) -> list:
+        """Lower the nodes of `graph` (inputs already in `env`); values of its outputs."""
+        users: dict[int, int] = {}
+        items: dict[int, set] = {}
+        for n in graph.nodes:
+            for i in n.inputs:
+                users[id(i)] = users.get(id(i), 0) + 1
+            if n.op == "item":
+                items.setdefault(id(n.inputs[0]), set()).add(n.params["index"])
+        for y in graph.outputs:
+            users[id(y)] = users.get(id(y), 0) + 2   # an output is always stored
+        self.items = items
+        for n in graph.nodes:
+            if id(n) in env:
+                continue
+            vals = [env[id(i)] for i in n.inputs]
+            v = LOWER[n.op](self, n, vals, body)
+            if isinstance(v, Lazy) and users.get(id(n), 0) != 1:
+                v = self.materialize(v, body)
+            env[id(n)] = v
+        return [env[id(y)] for y in graph.outputs]
+
+    def lower_graph(self, graph: Graph) -> Program:
+        env, inputs = {}, []
+        for i, x in enumerate(graph.inputs):
+            ref = self.new(x.shape, x.dtype, kind="input", name=x.name)
+            ref.buf.index = i
+            inputs.append(ref.buf)
+            env[id(x)] = ref
+        body: list = []
+        outs = self.lower_nodes(graph, env, body)
+        out_bufs, out_shapes, claimed = [], [], set()
+        for k, (y, v) in enumerate(zip(graph.outputs, outs)):
+            shape = S(y.shape)
+            if isinstance(v, Ref) and v.buf.kind == "arena" and v.is_contiguous() \
+                    and v.buf.id not in claimed:
+                buf = v.buf
+                claimed.add(buf.id)
+            else:
+                ref = self.new(shape, y.dtype)
+                self.store(ref, v, body)
+                buf = ref.buf
+            buf.kind, buf.index = "output", k
+            buf.name = buf.name or f"out{k}"
+            out_bufs.append(buf)
+            out_shapes.append(shape)
+        symbols = set()
+        for b in self.buffers:
+            symbols |= b.size.symbols
+        for s in _walk(body):
+            for r in s.refs():
+                symbols |= r.offset.symbols
+                for e in r.shape + r.strides:
+                    symbols |= e.symbols
+            if isinstance(s, Loop):
+                symbols |= s.count.symbols
+        for n in graph.nodes:
+            for d in n.shape or ():
+                if isinstance(d, str):
+                    symbols.add(d)
+        dims = sorted(s for s in symbols if not s.startswith("$"))
+        return Program(inputs, out_bufs, out_shapes, self.buffers, body, dims,
+                       self.constraints, self.errors)
+
+
+def _walk(body):
+    for s in body:
+        yield s
+        if isinstance(s, Loop):
+            yield from _walk(s.body)
+
+
+# ----------------------------------------------------------------------------- sources
+
+@rule("placeholder")
+def _placeholder(lw, node, vals, body):
+    raise ValueError(f"placeholder {node.label!r} is not an input of the compiled graph")
+
+
+@rule("constant")
+def _constant(lw, node, vals, body):
+    value = node.params["value"]
+    if value.ndim == 0:
+        return Lit(value.item(), node.dtype, ())
+    ref = lw.new(node.shape, node.dtype, kind="const", name=node.name or "")
+    ref.buf.data = np.ascontiguousarray(value)
+    return ref
+
+
+@rule("full")
+def _full(lw, node, vals, body):
+    return Lit(node.params["value"], node.dtype, S(node.shape))
+
+
+@rule("shape_size")
+def _shape_size(lw, node, vals, body):
+    return Lit(product(S(node.params["dims"])), node.dtype, ())
+
+
+# ----------------------------------------------------------------------------- elementwise
+
+@rule(*ELEMENTWISE)
+def _elementwise(lw, node, vals, body):
+    shape = S(node.shape)
+    args = tuple(lw.tree(v, shape, body) for v in vals)
+    if node.dtype != "bool" and node.op in ("div", "pow") and vals[0].dtype == "int64":
+        code, what = ((ERR_ZERO_DIV, "integer division by zero in a graph")
+                      if node.op == "div" else
+                      (ERR_NEG_POW, "integer power with a negative exponent; use float operands"))
+        bad = Apply("equal" if node.op == "div" else "less", (args[1], Const(0, "int64")), "bool")
+        lw.check(shape, bad, code, args[1], what, body)
+    params = (("dtype", node.params["dtype"]),) if node.op == "cast" else ()
+    return Lazy(Apply(node.op, args, node.dtype, params), node.dtype, shape)
+
+
+@rule("stop_gradient")
+def _identity(lw, node, vals, body):
+    return vals[0]
+
+
+@rule("bind_dims")
+def _bind_dims(lw, node, vals, body):
+    for a, b in zip(node.params["shape"], node.params["in_shape"]):
+        if isinstance(a, int) != isinstance(b, int):
+            sym, static = (a, b) if isinstance(a, str) else (b, a)
+            lw.constraints.append(("eq", sym, static,
+                                   f"this graph was built for {sym}={static} (by unroll, or with "
+                                   f"a fixed size), but it is called with {sym}={{value}}"))
+    v = vals[0]
+    shape = S(node.shape)
+    if isinstance(v, Ref):
+        return Ref(v.buf, v.offset, shape, v.strides)
+    return Lit(v.value, v.dtype, shape) if isinstance(v, Lit) else Lazy(v.tree, v.dtype, shape)
+
+
+# ----------------------------------------------------------------------------- views
+
+@rule("reshape")
+def _reshape(lw, node, vals, body):
+    v = vals[0]
+    shape = S(node.shape)
+    if isinstance(v, Lit):
+        return Lit(v.value, v.dtype, shape)
+    v = lw.contiguous(v, body)
+    return Ref(v.buf, v.offset, shape, row_major(shape))
+
+
+@rule("transpose")
+def _transpose(lw, node, vals, body):
+    v = vals[0]
+    perm = node.params["perm"]
+    if isinstance(v, Lit):
+        return Lit(v.value, v.dtype, S(node.shape))
+    v = lw.materialize(v, body)
+    return Ref(v.buf, v.offset, tuple(v.shape[i] for i in perm), tuple(v.strides[i] for i in perm))
+
+
+@rule("broadcast_to")
+def _broadcast_to(lw, node, vals, body):
+    v = vals[0]
+    shape = S(node.shape)
+    if isinstance(v, Lit):
+        return Lit(v.value, v.dtype, shape)
+    return broadcast_view(lw.materialize(v, body), shape)
+
+
+def slice_view(lw, ref: Ref, index, in_shape) -> Ref:
+    offset, shape, strides = ref.offset, [], []
+    for d, ix, st, dim in zip(ref.shape, index, ref.strides, in_shape):
+        if isinstance(ix, int):
+            if isinstance(dim, str):
+                lw.constraints.append(("range", dim, ix, f"slice: index {ix} is out of range "
+                                       f"for axis of size {dim}={{value}}"))
+                at = Expr.of(ix) if ix >= 0 else d + ix
+            else:
+                at = Expr.of(ix % dim)
+            offset = offset + at * st
+            continue
+        if isinstance(dim, int):
+            start, stop, step = ix.indices(dim)
+            n = len(range(start, stop, step))
+            offset = offset + Expr.of(start) * st
+            shape.append(Expr.of(n))
+            strides.append(st * step)
+        elif ix.step == -1:
+            offset = offset + (d - 1) * st
+            shape.append(d)
+            strides.append(-st)
+        else:
+            shape.append(d)
+            strides.append(st)
+    return Ref(ref.buf, offset, tuple(shape), tuple(strides))
+
+
+@rule("slice")
+def _slice(lw, node, vals, body):
+    v = vals[0]
+    if isinstance(v, Lit):
+        slice_view(lw, lw.new((), v.dtype), (), ())  # nothing to view; keep the value
+        return Lit(v.value, v.dtype, S(node.shape))
+    return slice_view(lw, lw.materialize(v, body), node.params["index"], node.params["in_shape"])
+
+
+@rule("unslice")
+def _unslice(lw, node, vals, body):
+    out = lw.new(node.shape, node.dtype)
+    lw.store(out, Lit(0, node.dtype, out.shape), body)
+    view = slice_view(lw, out, node.params["index"], node.params["in_shape"])
+    lw.store(view, vals[0], body)
+    return out
+
+
+@rule("concat")
+def _concat(lw, node, vals, body):
+    axis = node.params["axis"]
+    out = lw.new(node.shape, node.dtype)
+    at = 0
+    for v, x in zip(vals, node.inputs):
+        n = x.shape[axis]
+        shape = out.shape[:axis] + (Expr.of(n),) + out.shape[axis + 1:]
+        view = Ref(out.buf, out.offset + Expr.of(at) * out.strides[axis], shape, out.strides)
+        lw.store(view, v, body)
+        at += n
+    return out
+
+
+# ----------------------------------------------------------------------------- products, reductions
+
+@rule("matmul")
+def _matmul(lw, node, vals, body):
+    a, b = (lw.materialize(v, body) for v in vals)
+    shape = S(node.shape)
+    batch = shape[:-2]
+    a = broadcast_view(a, batch + a.shape[-2:])
+    b = broadcast_view(b, batch + b.shape[-2:])
+    out = lw.new(node.shape, node.dtype)
+    body.append(MatMul(out, a, b))
+    return out
+
+
+@rule("sum", "max")
+def _reduce(lw, node, vals, body):
+    x = node.inputs[0]
+    axes = node.params["axes"]
+    in_shape = S(x.shape)
+    out = lw.new(node.shape, node.dtype)
+    if node.op == "sum":
+        init = 0
+    else:
+        init = -math.inf if node.dtype in ("float32", "float64") else np.iinfo(np.int64).min
+        lw.constraints.append(("nonempty", product(in_shape[a] for a in axes),
+                               "max of an empty array: bind the reduced dims to at least 1"))
+    lw.store(out, Lit(init, node.dtype, out.shape), body)
+    strides, k = [], 0
+    for i in range(len(in_shape)):
+        if i in axes:
+            strides.append(Expr.of(0))
+            if node.params["keepdims"]:
+                k += 1
+        else:
+            strides.append(out.strides[k])
+            k += 1
+    view = Ref(out.buf, out.offset, in_shape, tuple(strides))
+    body.append(Reduce(view, lw.tree(vals[0], in_shape, body), node.op, in_shape))
+    return out
+
+
+# ----------------------------------------------------------------------------- indexing
+
+def _index_tree(lw, v, shape, body):
+    """An int index value (of the leading dims of `shape`) as a tree over `shape`."""
+    if isinstance(v, Lit):
+        return Const(v.value, v.dtype)
+    return Load(left_view(lw.materialize(v, body), shape))
+
+
+def _check_rows(lw, op, idx_val, rows, body):
+    shape = idx_val.shape
+    t = lw.tree(idx_val, shape, body) if not isinstance(idx_val, Lazy) else \
+        Load(lw.materialize(idx_val, body))
+    bad = Apply("logical_or", (Apply("less", (t, Const(0, "int64")), "bool"),
+                               Apply("greater_equal", (t, Const(rows, "int64")), "bool")), "bool")
+    lw.check(shape, bad, ERR_INDEX, t,
+             f"{op}: index {{value}} is out of range for a table of {rows} rows", body)
+
+
+@rule("take")
+def _take(lw, node, vals, body):
+    table, idx = vals
+    table = lw.materialize(table, body)
+    if isinstance(idx, Lazy):
+        idx = lw.materialize(idx, body)
+    _check_rows(lw, "take", idx, table.shape[0], body)
+    shape = S(node.shape)
+    return Lazy(Gather(table, _index_tree(lw, idx, shape, body), len(idx.shape)),
+                node.dtype, shape)
+
+
+@rule("take_grad")
+def _take_grad(lw, node, vals, body):
+    ct, idx = (lw.materialize(v, body) for v in vals)
+    rows = Expr.of(node.params["rows"])
+    _check_rows(lw, "take_grad", idx, rows, body)
+    out = lw.new(node.shape, node.dtype)
+    lw.store(out, Lit(0, node.dtype, out.shape), body)
+    body.append(ScatterAdd(out, ct, idx))
+    return out
+
+
+@rule("one_hot")
+def _one_hot(lw, node, vals, body):
+    idx = vals[0]
+    if isinstance(idx, Lazy):
+        idx = lw.materialize(idx, body)
+    depth = node.params["depth"]
+    _check_rows(lw, "one_hot", idx, Expr.of(depth), body)
+    shape = S(node.shape)
+    hit = Apply("equal", (_index_tree(lw, idx, shape, body), Iota(len(shape) - 1)), "bool")
+    return Lazy(Apply("cast", (hit,), node.dtype, (("dtype", node.dtype),)), node.dtype, shape)
+
+
+# ----------------------------------------------------------------------------- scan
+
+@rule("item")
+def _item(lw, node, vals, body):
+    return vals[0][node.params["index"]]
+
+
+@rule("scan")
+def _scan(lw, node, vals, body):
+    """
+    carry ← init
+    for t in range(T) (reversed if reverse):
+        hist[t] ← carry                      (only if the history is used)
+        <body nodes>                         (x_t are views xs[t]; consts are outer values)
+        ys[t] ← y_t
+        carry ← new carry                    (staged through a temp if it reads a carry)
+    final ← carry
+    """
+    p = node.params
+    g: Graph = p["body"]
+    nc, nx = p["n_carry"], p["n_xs"]
+    used = lw.items.get(id(node), set())
+    init, xs, consts = vals[:nc], vals[nc:nc + nx], vals[nc + nx:]
+    xs = [lw.materialize(x, body) if isinstance(x, Lazy) else x for x in xs]
+    consts = [lw.materialize(c, body) if isinstance(c, Lazy) else c for c in consts]
+    carries = []
+    for b, v in zip(g.inputs[:nc], init):
+        ref = lw.new(b.shape, b.dtype, name=f"carry_{b.name}")
+        lw.store(ref, v, body)
+        carries.append(ref)
+    types = p["out_types"]
+    n_ys = len(g.outputs) - nc
+    ys = [lw.new(types[nc + i][0], types[nc + i][1]) if nc + i in used else None
+          for i in range(n_ys)]
+    hist = [lw.new(types[nc + n_ys + i][0], types[nc + n_ys + i][1])
+            if nc + n_ys + i in used else None for i in range(nc)]
+    var = f"$t{next(lw._loops)}"
+    t = Expr.of(var)
+    loop = Loop(var, Expr.of(p["length"]), p["reverse"])
+    inner = loop.body
+    for h, c in zip(hist, carries):
+        if h is not None:
+            lw.store(index0(h, t), c, inner)
+    env = {}
+    for b, c in zip(g.inputs[:nc], carries):
+        env[id(b)] = c
+    for b, x in zip(g.inputs[nc:nc + nx], xs):
+        env[id(b)] = index0(x, t)
+    for b, c in zip(g.inputs[nc + nx:], consts):
+        env[id(b)] = c
+    saved = lw.items
+    outs = lw.lower_nodes(g, env, inner)
+    lw.items = saved
+    for y, v in zip(ys, outs[nc:]):
+        if y is not None:
+            lw.store(index0(y, t), v, inner)
+    carry_bufs = {c.buf.id for c in carries}
+    staged = []
+    for c, v in zip(carries, outs[:nc]):
+        if v is c:
+            staged.append(None)
+            continue
+        reads = ({v.buf.id} if isinstance(v, Ref) else
+                 {r.buf.id for r in tree_refs(v.tree)} if isinstance(v, Lazy) else set())
+        if reads & carry_bufs and not (isinstance(v, Ref) and v.buf is c.buf
+                                       and v.offset == c.offset and v.strides == c.strides):
+            tmp = lw.new(v.shape, v.dtype)
+            lw.store(tmp, v, inner)
+            v = tmp
+        staged.append(v)
+    for c, v in zip(carries, staged):
+        if v is not None and not (isinstance(v, Ref) and v.buf is c.buf):
+            lw.store(c, v, inner)
+    body.append(loop)
+    return tuple(carries + ys + hist)
+
+
+def lower(graph: Graph) -> Program:
+    """The loop-IR program of `graph` (before buffer planning)."""
+    return Lowering().lower_graph(graph)
