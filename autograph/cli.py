@@ -211,6 +211,8 @@ def main(argv=None) -> int:
     samp.set_defaults(run=_sample)
     from .cli_verify import add_command as add_verify
     add_verify(sub)
+    from .cli_inspect import add_commands as add_inspect
+    add_inspect(sub)
     args = parser.parse_args(argv)
     for name in ("steps", "batch"):
         if getattr(args, name, 1) < 1:
