@@ -330,8 +330,8 @@ def graph_diagram(G, title: str = "unrolled graph") -> Diagram:
     layers = sorted({(a.get("pass") == "backward", a.get("layer") or 0)
                      for _, a in G.nodes(data=True) if a.get("kind") == "cell"})
     n_rows = len(layers) + 3
-    y_of = {key: 60 + 80 * (n_rows - 1 - i - 2) for i, key in enumerate(layers)}
-    y_param, y_input, y_value = 60 + 80 * (n_rows - 1), 60 + 80 * (n_rows - 2), 60 - 0
+    y_of = {key: 60 + 100 * (n_rows - 1 - i - 2) for i, key in enumerate(layers)}
+    y_param, y_input, y_value = 60 + 100 * (n_rows - 1), 60 + 100 * (n_rows - 2), 40
     times = [a["time"] for _, a in G.nodes(data=True) if a.get("time")]
     T = max(times) if times else 1
     nodes, count = {}, {}
@@ -342,14 +342,15 @@ def graph_diagram(G, title: str = "unrolled graph") -> Diagram:
         if kind == "cell":
             y = y_of[(a.get("pass") == "backward", a.get("layer") or 0)]
             x = 80 + 110 * a["time"]
-        elif kind == "input" and a.get("time"):
-            y, x = y_input, 80 + 110 * a["time"] - 40
+        elif kind == "input" and a.get("time"):   # x_t: just below its layer's cells
+            y = y_of.get((False, a.get("layer") or 0), y_input) + 44
+            x = 80 + 110 * a["time"] - 50
         elif kind in ("param", "input"):
             y = y_param
             count[y] = count.get(y, 0) + 1
             x = 80 + 110 * (count[y] - 1) * max(1.0, (T + 1) / max(1, _n_kind(G, kind)))
         else:
-            preds = [nodes[p]["x"] for p in G.predecessors(n) if p in nodes]
+            preds = [nodes[str(p)]["x"] for p in G.predecessors(n) if str(p) in nodes]
             x = float(np.mean(preds)) if preds else 80
             y = y_value
         nodes[str(n)] = {"x": x, "y": y + 20, "label": str(a.get("label")),
@@ -365,10 +366,11 @@ def graph_diagram(G, title: str = "unrolled graph") -> Diagram:
     edges = []
     for a, b in G.edges():
         ka, kb = G.nodes[a].get("kind"), G.nodes[b].get("kind")
-        color = IMPLICIT if ka == kb == "cell" else EXPLICIT if ka == "param" else "#777777"
-        edges.append({"src": str(a), "dst": str(b), "color": color, "width": 1.3})
+        color = IMPLICIT if ka == kb == "cell" else "#f4b183" if ka == "param" else "#777777"
+        edges.append({"src": str(a), "dst": str(b), "color": color,
+                      "width": 2.2 if ka == kb == "cell" else 0.7 if ka == "param" else 1.2})
     legend = [(IMPLICIT, 3, "state → state (the recurrence: implicit paths)"),
-              (EXPLICIT, 3, "parameter → cell (explicit dependence at each step)"),
+              ("#f4b183", 2, "parameter → cell (explicit dependence at each step)"),
               ("#777777", 2, "other data flow")]
     return Diagram(nodes, edges, title, legend,
                    ["Time runs left to right; bottom to top: parameters, inputs, "

@@ -90,9 +90,9 @@ def _expand(node, inputs, T, layer, tags):
         raise GraphError(f"to_networkx: a loop runs for the symbolic length {p['length']!r}; "
                          "pass T=... to say how many steps to draw")
     backward = any((b.name or "").startswith("ct_") for b in body.inputs)
+    xs = inputs[n_carry:n_carry + n_xs]   # a _Stacked sequence gives its steps directly
     inputs = [i.node if isinstance(i, _Stacked) else i for i in inputs]
     carry = list(inputs[:n_carry])
-    xs = inputs[n_carry:n_carry + n_xs]
     consts = inputs[n_carry + n_xs:]
     n_ys = len(body.outputs) - n_carry
     ys = [[None] * steps for _ in range(n_ys)]
@@ -105,7 +105,8 @@ def _expand(node, inputs, T, layer, tags):
         for b, c in zip(body.inputs[:n_carry], carry):
             memo[id(b)] = c
         for b, x in zip(body.inputs[n_carry:n_carry + n_xs], xs):
-            sl = ag.named(ag.getitem(x, t), f"{b.name}_{t + 1}")
+            step_t = x.steps[t] if isinstance(x, _Stacked) else ag.getitem(x, t)
+            sl = ag.named(step_t, f"{b.name}_{t + 1}") if step_t.op != "placeholder" else step_t
             tags[id(sl)] = dict(tag, role="input")
             memo[id(b)] = sl
         for b, c in zip(body.inputs[n_carry + n_xs:], consts):
