@@ -154,3 +154,20 @@ def test_html_page_in_headless_chromium(tmp_path):
         assert (tmp_path / "clicked.png").stat().st_size > 10_000
     finally:
         driver.quit()
+
+
+def test_cli_explain_and_draw(tmp_path, capsys):
+    from autograph.cli import main
+    assert main(["explain", "--cell", "lstm", "--forget-bias", "5", "-T", "5", "--truncate",
+                 "2", "--clip", "0.1", "--png", str(tmp_path / "h.png"),
+                 "--svg", str(tmp_path / "p.svg")]) == 0
+    out = capsys.readouterr().out
+    assert "explicit" in out and "c-only chain" in out and "truncated BPTT (K = 2)" in out
+    assert (tmp_path / "h.png").stat().st_size > 10_000
+    _svg_ok((tmp_path / "p.svg").read_text())
+    for name, extra in (("a.html", []), ("b.dot", ["--cell", "gru"]),
+                        ("c.svg", ["--graph", "--layers", "2", "-T", "3"])):
+        assert main(["draw", str(tmp_path / name)] + extra) == 0
+        assert (tmp_path / name).stat().st_size > 500
+    import matplotlib.pyplot as plt
+    plt.close("all")
