@@ -33,6 +33,20 @@ ELEMENTWISE = ("exp", "log", "tanh", "sigmoid", "sqrt", "neg", "abs", "sign", "r
                "logical_and", "logical_or", "logical_not", "where", "cast")
 
 ERR_INDEX, ERR_ZERO_DIV, ERR_NEG_POW = 1, 2, 3
+MAX_FUSED = 48   # ops in one fused elementwise tree; longer chains are stored in pieces
+
+
+def tree_size(tree, cap: int) -> int:
+    """Nodes of a scalar tree, counting stops at `cap`."""
+    n, stack = 0, [tree]
+    while stack and n < cap:
+        t = stack.pop()
+        n += 1
+        if isinstance(t, Apply):
+            stack.extend(t.args)
+        elif isinstance(t, Gather):
+            stack.append(t.idx)
+    return n
 
 
 def rule(*names):
@@ -144,7 +158,8 @@ class Lowering:
                 continue
             vals = [env[id(i)] for i in n.inputs]
             v = LOWER[n.op](self, n, vals, body)
-            if isinstance(v, Lazy) and users.get(id(n), 0) != 1:
+            if isinstance(v, Lazy) and (users.get(id(n), 0) != 1
+                                        or tree_size(v.tree, MAX_FUSED) >= MAX_FUSED):
                 v = self.materialize(v, body)
             env[id(n)] = v
         return [env[id(y)] for y in graph.outputs]

@@ -55,11 +55,18 @@ def _differential(name):
     compiled_factory = backends.get_backend(name)
 
     class Differential:
+        # Unrolled graphs of thousands of steps are for drawing and inspection, not for
+        # compiling (a scan compiles to a loop); they are run on NumPy alone here.
+        MAX_NODES = 20_000
+
         def __init__(self, graph):
             self.reference = NumpyBackend(graph)
-            self.compiled = compiled_factory(graph)
+            self.compiled = compiled_factory(graph) if len(graph.nodes) <= self.MAX_NODES \
+                else None
 
         def __call__(self, arrays, dims):
+            if self.compiled is None:
+                return self.reference(arrays, dims)
             try:
                 ref = self.reference(arrays, dims)
             except ag.InputError as e:
