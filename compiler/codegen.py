@@ -43,6 +43,7 @@ class Emitter:
         self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
         self.env: dict = {}
         self.base: dict = {}
+        self.strides: dict = {}   # collapsed strides of the refs of the current statement
 
     # ----------------------------------------------------------------- plumbing
 
@@ -106,7 +107,7 @@ class Emitter:
     def ptr(self, ref, idx):
         b = self.b
         off = self.ex(ref.offset)
-        for i, st in zip(idx, ref.strides):
+        for i, st in zip(idx, self.strides.get(id(ref), ref.strides)):
             if st == Expr.of(0):
                 continue
             off = b.add(off, i if st == Expr.of(1) else b.mul(i, self.ex(st)))
@@ -166,8 +167,29 @@ class Emitter:
         for s in body:
             getattr(self, "emit_" + type(s).__name__)(s)
 
+    def collapsed(self, shape, refs, tree):
+        """Merge adjacent axes that every ref walks as one (row-major contiguous in both,
+        or both broadcast): fewer, longer loops. Sets `self.strides` for the refs."""
+        self.strides = {}
+        if any(isinstance(t, (Iota, Gather)) for t in _nodes(tree)) or len(shape) < 2:
+            return shape
+        shape = list(shape)
+        strides = {id(r): list(r.strides) for r in refs}
+        k = len(shape) - 2
+        while k >= 0:
+            if all(st[k] == st[k + 1] * shape[k + 1] for st in strides.values()):
+                shape[k] = shape[k] * shape[k + 1]
+                del shape[k + 1]
+                for st in strides.values():
+                    del st[k]
+            k -= 1
+        self.strides = {i: tuple(st) for i, st in strides.items()}
+        return tuple(shape)
+
     def emit_Map(self, s: Map):
-        self.nest(s.out.shape, lambda idx: self.store(s.out, idx, self.val(s.tree, idx)))
+        shape = self.collapsed(s.out.shape, s.refs(), s.tree)
+        self.nest(shape, lambda idx: self.store(s.out, idx, self.val(s.tree, idx)))
+        self.strides = {}
 
     def emit_Reduce(self, s: Reduce):
         def step(idx):
@@ -289,6 +311,17 @@ class Emitter:
 
 
 # ----------------------------------------------------------------------------- scalar rules
+
+def _nodes(tree):
+    stack = [tree]
+    while stack:
+        t = stack.pop()
+        yield t
+        if isinstance(t, Apply):
+            stack.extend(t.args)
+        elif isinstance(t, Gather):
+            stack.append(t.idx)
+
 
 def convert(b, v, src: str, dst: str):
     """Cast a register value between our dtypes, as NumPy's astype does."""

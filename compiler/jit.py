@@ -55,12 +55,14 @@ def optimize(ir_text: str):
     mod = llvm.parse_assembly(ir_text)
     mod.verify()
     mod.triple = llvm.get_process_triple()
+    mod.data_layout = str(target_machine()[0].target_data)
     with _lock:
         # A fresh pass builder per module: it is cheap, and builders are not shared
         # between threads. Its tuning options must outlive it, so both are kept here.
         pto = llvm.create_pipeline_tuning_options(speed_level=OPT_LEVEL)
         pto.loop_vectorization = True
         pto.slp_vectorization = True
+        pto.loop_unrolling = False   # halves compile time; the vectorizer still interleaves
         pb = llvm.create_pass_builder(target_machine()[0], pto)
         mpm = pb.getModulePassManager()
         mpm.run(mod, pb)

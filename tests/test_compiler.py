@@ -1,0 +1,295 @@
+"""The LLVM backend against the NumPy interpreter: every op, scans and their
+gradients, float32, the kernel cache, and bad arguments."""
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import autograph as ag
+import compiler
+from compiler import jit as jitmod
+from compiler.codegen import SCALAR
+from compiler.lower import ELEMENTWISE, LOWER
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOGRAPH_CACHE_DIR", str(tmp_path / "kernels"))
+
+
+def both(inputs, outputs, *args):
+    ref = ag.function(inputs, outputs)(*args)
+    got = ag.function(inputs, outputs, backend="llvm")(*args)
+    return ref, got
+
+
+def close(ref, got, rtol=1e-12):
+    ref, got = np.asarray(ref), np.asarray(got)
+    assert ref.shape == got.shape and ref.dtype == got.dtype
+    if ref.dtype.kind in "bi":
+        np.testing.assert_array_equal(got, ref)
+        return
+    scale = max(float(np.max(np.abs(ref), initial=0.0)), 1e-300)
+    assert float(np.max(np.abs(ref - got), initial=0.0)) <= rtol * scale
+
+
+# ----------------------------------------------------------------------------- coverage
+
+def test_every_op_has_a_lowering_rule():
+    missing = sorted(set(ag.OPS) - set(LOWER))
+    assert not missing, f"ops without an LLVM lowering rule: {missing}"
+
+
+def test_every_elementwise_op_has_a_scalar_rule():
+    assert set(ELEMENTWISE) <= set(SCALAR)
+    assert set(SCALAR) == set(ELEMENTWISE)
+
+
+def test_core_test_suite_agrees_when_run_through_the_compiler(tmp_path):
+    """Run the core's own test files with every graph also compiled and compared."""
+    env = dict(os.environ, AUTOGRAPH_DIFF_BACKEND="llvm",
+               AUTOGRAPH_CACHE_DIR=str(tmp_path / "diff-cache"))
+    files = ["tests/test_ops.py", "tests/test_grad_of_grad.py", "tests/test_scan.py",
+             "tests/test_function.py", "tests/test_errors.py", "tests/test_hypothesis.py",
+             "tests/test_rnn_cells.py"]
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                           *files], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=1800)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------- property tests
+
+UNARY = ["tanh", "sigmoid", "exp", "relu", "abs", "square", "neg"]
+WELL_CONDITIONED = ["tanh", "sigmoid", "relu", "abs", "neg"]   # for float32 comparisons
+BINARY = ["add", "sub", "mul", "maximum", "minimum"]
+
+
+def _apply(name, *xs):
+    fns = {"square": ag.square, "neg": ag.negative, "sub": ag.subtract, "mul": ag.multiply}
+    return fns.get(name, getattr(ag, name, None))(*xs)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(T=st.integers(1, 6), B=st.integers(1, 4), H=st.integers(1, 5),
+       ops=st.lists(st.sampled_from(UNARY), min_size=1, max_size=3),
+       mix=st.sampled_from(BINARY), reverse=st.booleans(), seed=st.integers(0, 1000),
+       dtype=st.sampled_from(["float64", "float32"]))
+def test_random_recurrences_forward_and_backward(T, B, H, ops, mix, reverse, seed, dtype):
+    """s_t = f(mix(x_t·U, s_{t−1}·W) + b) with random f, any T and B (1 included)."""
+    D = 3
+    if dtype == "float32":   # float32 rounding, amplified by exp∘exp, is not a compiler bug
+        ops = [op if op in WELL_CONDITIONED else "tanh" for op in ops]
+    x = ag.placeholder("x", ("T", "B", D), dtype)
+    s0 = ag.placeholder("s0", ("B", H), dtype)
+    U, W = ag.placeholder("U", (D, H), dtype), ag.placeholder("W", (H, H), dtype)
+    b = ag.placeholder("b", (H,), dtype)
+
+    def step(s, x_t):
+        z = _apply(mix, x_t @ U, s @ W) + b
+        for op in ops:
+            z = _apply(op, z)
+        z = ag.tanh(z)
+        return z, ag.sum(z * z, axis=-1)
+
+    s_T, ys = ag.scan(step, s0, x, reverse=reverse)
+    loss = ag.mean(ys) + ag.sum(s_T)
+    grads = ag.grad(loss, [x, s0, U, W, b])
+    rng = np.random.default_rng(seed)
+    args = [rng.normal(size=(T, B, D)), rng.normal(size=(B, H)), 0.5 * rng.normal(size=(D, H)),
+            0.5 * rng.normal(size=(H, H)), 0.1 * rng.normal(size=H)]
+    args = [a.astype(dtype) for a in args]
+    ref, got = both([x, s0, U, W, b], [loss, s_T, ys] + grads, *args)
+    for r, g in zip(ref, got):
+        close(r, g, 1e-12 if dtype == "float64" else 2e-5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(shape=st.lists(st.integers(1, 4), min_size=1, max_size=3), axis=st.integers(-1, 2),
+       keep=st.booleans(), seed=st.integers(0, 100))
+def test_random_views_and_reductions(shape, axis, keep, seed):
+    axis = axis % len(shape)
+    x = ag.placeholder("x", tuple(shape))
+    rng = np.random.default_rng(seed)
+    y = ag.transpose(x)[..., None] * 2.0
+    outs = [ag.sum(x, axis, keepdims=keep), ag.max(x, axis, keepdims=keep), y,
+            ag.softmax(x, axis), ag.logsumexp(x, axis), x[::-1] if shape[0] > 1 else x[0]]
+    L = sum(ag.sum(o) for o in outs[:2]) + ag.sum(outs[3] * outs[3])
+    outs.append(ag.grad(L, x))
+    ref, got = both([x], outs, rng.normal(size=shape))
+    for r, g in zip(ref, got):
+        close(r, g)
+
+
+def test_embedding_lookup_scatter_and_int_ops():
+    E = ag.placeholder("E", (6, 3))
+    ids = ag.placeholder("ids", ("T", "B"), "int64")
+    v = ag.take(E, ids)
+    L = ag.sum(ag.tanh(v)) + ag.sum(ag.one_hot(ids, 6) * 0.5)
+    gE = ag.grad(L, E)
+    k = ag.divide(ids, 2) + ids * ids - (ids > 2).astype("int64")
+    ref, got = both([E, ids], [v, L, gE, k, ag.where(ids > 2, ids, -ids)],
+                    np.arange(18.).reshape(6, 3) / 10, np.array([[0, 5, 5], [2, 3, 1]]))
+    for r, g in zip(ref, got):
+        close(r, g)
+
+
+def test_concat_unslice_and_bool_masks():
+    x = ag.placeholder("x", ("B", 4))
+    m = ag.placeholder("m", ("B", 4), "bool")
+    y = ag.concat([x[:, 1:3], x * 2, x[:, :1]], axis=1)
+    z = ag.where(m & ~(x > 0.5), y[:, :4], 0.0)
+    L = ag.sum(z * z) + ag.sum(y)
+    g = ag.grad(L, x)
+    rng = np.random.default_rng(0)
+    ref, got = both([x, m], [y, z, g, m | (x < 0)], rng.normal(size=(3, 4)),
+                    rng.random((3, 4)) > 0.5)
+    for r, g2 in zip(ref, got):
+        close(r, g2)
+
+
+def test_one_kernel_serves_every_sequence_length():
+    """The LSTM training step is compiled once; T = 16 and T = 4096 run the same kernel."""
+    import rnn
+    cell = rnn.LSTM(4, 8).init(0)
+    x = ag.placeholder("x", ("T", "B", 4))
+    _, hs = rnn.run(cell, x)
+    loss = ag.mean(hs * hs)
+    params = list(cell.nodes().values())
+    outs = [loss] + ag.grad(loss, params)
+    f_llvm = ag.function([x] + params, outs, backend="llvm")
+    f_np = ag.function([x] + params, outs)
+    kernel = f_llvm.runner.kernel
+    rng = np.random.default_rng(0)
+    for T in (16, 4096):
+        args = [rng.normal(size=(T, 2, 4))] + list(cell.state_dict().values())
+        for r, g in zip(f_np(*args), f_llvm(*args)):
+            close(r, g)
+        assert f_llvm.runner.kernel is kernel
+    assert "4096" not in kernel.ir_text and "16" not in kernel.prog.dims
+
+
+# ----------------------------------------------------------------------------- cache
+
+def _graph():
+    x = ag.placeholder("x", ("B", 3))
+    return ag.Graph([x], [ag.tanh(x @ np.ones((3, 2))) * 3.0])
+
+
+def test_cache_hit_after_a_miss(tmp_path):
+    first = compiler.compile_graph(_graph())
+    second = compiler.compile_graph(_graph())
+    assert not first.timings["cache_hit"] and second.timings["cache_hit"]
+    x = np.ones((2, 3))
+    np.testing.assert_array_equal(first.kernel(x)[0], second.kernel(x)[0])
+
+
+def test_cache_directory_is_private():
+    mode = compiler.cache_dir().stat().st_mode & 0o777
+    assert mode == 0o700
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "flipped", "foreign"])
+def test_damaged_cache_entries_are_ignored_and_rebuilt(damage, caplog):
+    compiler.compile_graph(_graph())
+    (entry,) = compiler.cache_dir().glob("*.o")
+    data = entry.read_bytes()
+    if damage == "garbage":
+        entry.write_bytes(b"\x7fELF not really an object file")
+    elif damage == "truncated":
+        entry.write_bytes(data[:len(data) // 2])
+    elif damage == "flipped":
+        entry.write_bytes(data[:-10] + bytes([data[-10] ^ 0xFF]) + data[-9:])
+    else:  # a valid entry of another kernel, renamed to this key
+        x = ag.placeholder("x", ("B", 3))
+        other = compiler.compile_graph(ag.Graph([x], [ag.exp(x)]))
+        other_entry = next(p for p in compiler.cache_dir().glob("*.o") if p != entry)
+        entry.write_bytes(other_entry.read_bytes())
+    with caplog.at_level("WARNING", logger="autograph.compiler"):
+        again = compiler.compile_graph(_graph())
+    assert not again.timings["cache_hit"]
+    assert "corrupt or foreign" in caplog.text
+    np.testing.assert_allclose(again.kernel(np.ones((1, 3)))[0], np.tanh(3.0) * 3.0)
+    assert compiler.compile_graph(_graph()).timings["cache_hit"]   # rebuilt entry is good
+
+
+def test_two_processes_compile_the_same_kernel_at_once(tmp_path):
+    script = ("import numpy as np, autograph as ag, compiler\n"
+              "x = ag.placeholder('x', ('B', 3))\n"
+              "k = compiler.compile_graph(ag.Graph([x], [ag.sigmoid(x) @ np.ones((3, 4))]))\n"
+              "print(float(k.kernel(np.ones((2, 3)))[0].sum()))\n")
+    env = dict(os.environ)
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    expected = 8 * 3 / (1 + np.exp(-1.0))
+    assert all(abs(float(o[0]) - expected) < 1e-9 for o in outs)
+    assert len(list(compiler.cache_dir().glob("*.o"))) == 1
+    assert not list(compiler.cache_dir().glob(".tmp-*"))
+
+
+# ----------------------------------------------------------------------------- bad arguments
+
+@pytest.fixture
+def kernel():
+    x = ag.placeholder("x", ("T", "B", 3))
+    h = ag.placeholder("h", ("B", 2))
+    W = ag.placeholder("W", (3, 2))
+    _, hs = ag.scan(lambda s, x_t: ((s2 := ag.tanh(x_t @ W + s)), s2), h, x)
+    return compiler.compile_graph(ag.Graph([x, h, W], [ag.sum(hs)])).kernel
+
+
+@pytest.mark.parametrize("args, message", [
+    (lambda: [np.ones((4, 2, 3), np.float32), np.ones((2, 2)), np.ones((3, 2))], "'x' expects dtype"),
+    (lambda: [np.ones((4, 2, 3)), np.ones((3, 2)), np.ones((3, 2))], "'h' has B=3"),
+    (lambda: [np.ones((4, 2, 3)), np.ones((2, 2)), np.ones((2, 3))], "'W' expects size 3"),
+    (lambda: [np.ones((4, 2)), np.ones((2, 2)), np.ones((3, 2))], "'x' expects 3 dims"),
+    (lambda: [np.ones((4, 2, 6))[..., ::2], np.ones((2, 2)), np.ones((3, 2))], "not a C-contiguous"),
+    (lambda: [[1.0], np.ones((2, 2)), np.ones((3, 2))], "expected a NumPy array"),
+    (lambda: [np.ones((4, 2, 3)), np.ones((2, 2))], "takes 3 arrays"),
+])
+def test_kernels_refuse_bad_arguments(kernel, args, message):
+    with pytest.raises(ag.InputError, match=message):
+        kernel(*args())
+
+
+def test_function_copies_non_contiguous_arrays_instead_of_crashing():
+    x = ag.placeholder("x", ("B", 3))
+    f = ag.function([x], ag.sum(x, 0), backend="llvm")
+    a = np.arange(12.).reshape(2, 6)[:, ::2]
+    np.testing.assert_array_equal(f(a), a.sum(0))
+
+
+def test_runtime_checks_raise_instead_of_reading_out_of_bounds():
+    E = ag.placeholder("E", (4, 2))
+    ids = ag.placeholder("ids", ("B",), "int64")
+    f = ag.function([E, ids], ag.take(E, ids), backend="llvm")
+    with pytest.raises(ag.InputError, match="index 9 is out of range for a table of 4 rows"):
+        f(np.ones((4, 2)), np.array([1, 9]))
+    with pytest.raises(ag.InputError, match="index -1"):
+        f(np.ones((4, 2)), np.array([-1]))
+    n = ag.placeholder("n", ("B",), "int64")
+    g = ag.function([n], ag.divide(ag.constant(7), n), backend="llvm")
+    with pytest.raises(ag.InputError, match="division by zero"):
+        g(np.array([1, 0]))
+    x = ag.placeholder("x", ("T", 2))
+    (x_u,) = ag.unroll([ag.scan(lambda c, x_t: (c + x_t, c), ag.zeros((2,)), x)[0]], T=3)
+    h = ag.function([x], x_u, backend="llvm")
+    np.testing.assert_array_equal(h(np.ones((3, 2))), [3.0, 3.0])
+    with pytest.raises(ag.InputError, match="built for T=3"):
+        h(np.ones((5, 2)))
+
+
+def test_stages_show_every_step(capsys):
+    st_ = compiler.stages(_graph())
+    assert set(st_) == {"graph", "rewritten", "loop_ir", "llvm_ir", "optimized_ir", "assembly"}
+    assert "matmul" in st_["loop_ir"] and "define void @\"kernel\"" in st_["llvm_ir"]
+    assert "ret" in st_["assembly"]
