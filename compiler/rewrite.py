@@ -1,8 +1,370 @@
-"""Graph rewrites before lowering."""
+"""Graph rewrites before lowering, each a small named pass from Graph to Graph.
+
+  simplify    algebraic identities: x·1, x+0, x**2 → x·x, double transposes, no-op
+              reshapes/casts/broadcasts, stop_gradient (the gradient is built already)
+  fold        constant folding of small all-constant subgraphs
+  cse         common subexpressions, constants included
+  hoist       time-vectorization: the body nodes of a scan that depend on its
+              sequences and loop-invariant values but not on its carry are computed
+              for all steps at once, outside the loop — so X·U becomes one matrix
+              product, and the reverse loop of a gradient no longer recomputes the
+              forward gates it can read from the stored states
+  weight_sums per-step weight-gradient contributions δ_t·s_{t−1}ᵀ leave the reverse
+              loop: the loop stacks δ_t and one product after it forms Σ_t (the
+              lowering turns sum(matmul(A, B), axis 0) into a single GEMM over T·B)
+
+Every pass recurses into scan bodies. `PASSES` lists them in order; `rewrite` runs
+them all, and `rewrite(graph, trace=True)` also returns each stage for printing.
+"""
 from __future__ import annotations
 
-from autograph.graph import Graph
+import numpy as np
+
+import autograph as ag
+from autograph.graph import Graph, Node, toposort
+from autograph.ops import OPS, make
+from autograph.scan import _out_types
+
+ELEMENTWISE = {"exp", "log", "tanh", "sigmoid", "sqrt", "neg", "abs", "sign", "relu", "add",
+               "sub", "mul", "div", "pow", "maximum", "minimum", "greater", "greater_equal",
+               "less", "less_equal", "equal", "not_equal", "logical_and", "logical_or",
+               "logical_not", "where", "cast", "stop_gradient"}
 
 
-def rewrite(graph: Graph) -> Graph:
-    return graph
+# ----------------------------------------------------------------------------- framework
+
+def rebuild(n: Node, inputs, params=None) -> Node:
+    """`n` with new inputs (and params): the same node if nothing changed."""
+    inputs = tuple(inputs)
+    if params is None and all(a is b for a, b in zip(inputs, n.inputs)):
+        return n
+    p = dict(n.params) if params is None else params
+    if n.op == "scan":
+        p["out_types"] = _out_types(p["body"], p["n_carry"], p["length"])
+    return make(n.op, inputs, p, n.name)
+
+
+def transform(graph: Graph, fn) -> Graph:
+    """Rebuild `graph` bottom-up: ``fn(node, new_inputs)`` returns each node's replacement.
+    Scan bodies are transformed with the same pass first."""
+    memo = {id(x): x for x in graph.inputs}
+    for n in graph.nodes:
+        if id(n) in memo:
+            continue
+        ins = [memo[id(i)] for i in n.inputs]
+        memo[id(n)] = fn(n, ins)
+    return Graph(graph.inputs, [memo[id(y)] for y in graph.outputs])
+
+
+def pass_over(rule):
+    """A pass that applies `rule(node, inputs) -> node` everywhere, bodies included."""
+    def run(graph: Graph) -> Graph:
+        def fn(n, ins):
+            if n.op == "scan":
+                body = run(n.params["body"])
+                if body is not n.params["body"] or any(a is not b for a, b in zip(ins, n.inputs)):
+                    n = rebuild(n, ins, dict(n.params, body=body))
+                return rule(n, n.inputs)
+            return rule(n, ins)
+        return transform(graph, fn)
+    run.__name__ = rule.__name__.lstrip("_")
+    return run
+
+
+def _value(n: Node):
+    """The array of a constant node, or the value of a static `full`, else None."""
+    if n.op == "constant":
+        return n.params["value"]
+    if n.op == "full" and all(isinstance(d, int) for d in n.shape):
+        return np.full(n.shape, n.params["value"], dtype=n.dtype)
+    return None
+
+
+def _is(n: Node, v) -> bool:
+    a = _value(n)
+    return a is not None and a.size > 0 and bool(np.all(a == v))
+
+
+# ----------------------------------------------------------------------------- simplify
+
+def _simplify(n: Node, ins) -> Node:
+    op = n.op
+    same = lambda x: x.shape == n.shape and x.dtype == n.dtype  # noqa: E731
+    if op in ("add", "sub") and _is(ins[1], 0) and same(ins[0]):
+        return ins[0]
+    if op == "add" and _is(ins[0], 0) and same(ins[1]):
+        return ins[1]
+    if op in ("mul", "div") and _is(ins[1], 1) and same(ins[0]):
+        return ins[0]
+    if op == "mul" and _is(ins[0], 1) and same(ins[1]):
+        return ins[1]
+    if op == "pow" and _is(ins[1], 1) and same(ins[0]):
+        return ins[0]
+    if op == "pow" and _is(ins[1], 2) and ins[1].ndim <= ins[0].ndim and same(ins[0]):
+        return make("mul", (ins[0], ins[0]), None, n.name)   # NumPy's x**2 is x*x too
+    if op == "neg" and ins[0].op == "neg":
+        return ins[0].inputs[0]
+    if op in ("stop_gradient",) or (op == "cast" and ins[0].dtype == n.dtype):
+        return ins[0]
+    if op in ("reshape", "broadcast_to") and ins[0].shape == n.shape:
+        return ins[0]
+    if op == "reshape" and ins[0].op == "reshape":
+        return make("reshape", ins[0].inputs, {"shape": n.params["shape"]}, n.name)
+    if op == "transpose":
+        perm = n.params["perm"]
+        if ins[0].op == "transpose":
+            inner = ins[0].params["perm"]
+            perm = tuple(inner[p] for p in perm)
+            ins = ins[0].inputs
+        if perm == tuple(range(len(perm))):
+            return ins[0]
+        return rebuild(n, ins, {"perm": perm})
+    if op in ("sum", "max") and not n.params["axes"]:
+        return ins[0]
+    if op == "slice" and all(isinstance(i, slice) and i == slice(None) for i in n.params["index"]):
+        return ins[0]
+    return rebuild(n, ins)
+
+
+simplify = pass_over(_simplify)
+
+
+# ----------------------------------------------------------------------------- fold
+
+def _fold(n: Node, ins) -> Node:
+    n = rebuild(n, ins)
+    if n.op in ("constant", "placeholder", "scan", "item", "full") or not n.inputs:
+        return n
+    if n.shape is None or any(isinstance(d, str) for d in n.shape) or np.prod(n.shape) > 4096:
+        return n
+    values = [_value(i) for i in n.inputs]
+    if any(v is None for v in values):
+        return n
+    try:
+        out = OPS[n.op].impl(values, n.params, {})
+    except Exception:   # leave a failing op to fail at run time, as NumPy would
+        return n
+    return ag.constant(np.asarray(out, dtype=n.dtype), name=n.name)
+
+
+fold = pass_over(_fold)
+
+
+# ----------------------------------------------------------------------------- cse
+
+def _freeze(v):
+    if isinstance(v, np.ndarray):
+        return ("array", v.shape, v.dtype.str, v.tobytes())
+    if isinstance(v, slice):
+        return ("slice", v.start, v.stop, v.step)
+    if isinstance(v, (tuple, list)):
+        return tuple(_freeze(x) for x in v)
+    if isinstance(v, Graph):
+        return ("graph", id(v))
+    if isinstance(v, float) and v != v:
+        return ("nan",)
+    return v
+
+
+def cse(graph: Graph) -> Graph:
+    """Merge nodes with the same op, inputs and params (within each graph)."""
+    table: dict = {}
+
+    def fn(n, ins):
+        if n.op == "placeholder":
+            return n
+        if n.op == "scan":
+            body = cse(n.params["body"])
+            n = rebuild(n, ins, dict(n.params, body=body))
+        else:
+            n = rebuild(n, ins)
+        key = (n.op, tuple(id(i) for i in n.inputs),
+               tuple(sorted((k, _freeze(v)) for k, v in n.params.items() if k != "out_types")))
+        return table.setdefault(key, n)
+    return transform(graph, fn)
+
+
+# ----------------------------------------------------------------------------- hoist
+
+VECTORIZABLE = ELEMENTWISE | {"matmul", "transpose", "reshape", "broadcast_to", "slice",
+                              "unslice", "sum", "max", "concat", "take", "one_hot"}
+
+
+def _stack(n: Node, ins, stacked, T) -> Node | None:
+    """The node computing `n` for every step at once, from step-stacked inputs
+    (``stacked[i]``: input i has a leading time axis). None if `n` cannot be."""
+    op, p = n.op, dict(n.params)
+    r = n.ndim
+    if op in ELEMENTWISE or op == "matmul":
+        args = []
+        for x, s in zip(ins, stacked):
+            if s and x.ndim - 1 < r:
+                x = ag.reshape(x, (x.shape[0],) + (1,) * (r - x.ndim + 1) + x.shape[1:])
+            args.append(x)
+        return make(op, args, p)
+    x = ins[0]
+    if op == "take":
+        return make(op, ins, p) if stacked[1] and not stacked[0] else None
+    if op == "one_hot":
+        return make(op, ins, p)
+    if op == "concat":
+        args = [a if s else ag.broadcast_to(a, (T,) + a.shape) for a, s in zip(ins, stacked)]
+        return make(op, args, {"axis": p["axis"] + 1})
+    if not stacked[0]:
+        return None
+    if op == "transpose":
+        return make(op, [x], {"perm": (0,) + tuple(i + 1 for i in p["perm"])})
+    if op == "reshape":
+        return make(op, [x], {"shape": (T,) + tuple(p["shape"])})
+    if op == "broadcast_to":
+        if x.ndim - 1 < len(p["shape"]):
+            x = ag.reshape(x, (T,) + (1,) * (len(p["shape"]) - x.ndim + 1) + x.shape[1:])
+        return make(op, [x], {"shape": (T,) + tuple(p["shape"])})
+    if op in ("slice", "unslice"):
+        return make(op, [x], {"index": (slice(None),) + tuple(p["index"]),
+                              "in_shape": (T,) + tuple(p["in_shape"])})
+    if op in ("sum", "max"):
+        return make(op, [x], {"axes": tuple(a + 1 for a in p["axes"]),
+                              "keepdims": p["keepdims"]})
+    return None
+
+
+def _hoist_scan(n: Node) -> Node:
+    """Move the body nodes of scan `n` that do not depend on its carry out of its loop:
+    loop-invariant ones are computed once (new loop-invariant inputs), sequence-
+    dependent ones for every step at once (new sequences)."""
+    p = n.params
+    body: Graph = p["body"]
+    nc, nx = p["n_carry"], p["n_xs"]
+    T = p["length"]
+    c_in, x_in, k_in = body.inputs[:nc], body.inputs[nc:nc + nx], body.inputs[nc + nx:]
+    init, xs, consts = n.inputs[:nc], n.inputs[nc:nc + nx], n.inputs[nc + nx:]
+    # outer[id(body node)] = (outer value, stacked over time?)
+    outer = {id(b): (v, True) for b, v in zip(x_in, xs)}
+    outer.update({id(b): (v, False) for b, v in zip(k_in, consts)})
+    moved: set[int] = set()
+    for m in body.nodes:
+        if m.op == "placeholder" or not m.inputs or m.op in ("scan", "item"):
+            continue
+        if not all(id(i) in outer or (not i.inputs and i.op != "placeholder") for i in m.inputs):
+            continue
+        args = [outer[id(i)] if id(i) in outer else (i, False) for i in m.inputs]
+        stacked = [s for _, s in args]
+        vals = [v for v, _ in args]
+        if not any(stacked):
+            v = rebuild(m, vals)
+        elif m.op in VECTORIZABLE:
+            v = _stack(m, vals, stacked, T)
+        else:
+            v = None
+        if v is None:
+            continue
+        outer[id(m)] = (v, any(stacked))
+        moved.add(id(m))
+    # The frontier: moved nodes that the loop still reads.
+    needed, seen = [], set()
+    for m in list(body.nodes) + list(body.outputs):
+        for i in ([m] if m in body.outputs and id(m) in moved else []) + \
+                 ([] if id(m) in moved else list(m.inputs)):
+            if id(i) in moved and id(i) not in seen:
+                seen.add(id(i))
+                needed.append(i)
+    if not needed:
+        return n
+    new_in = {id(m): ag.placeholder(f"{m.name or m.op}_{'t' if outer[id(m)][1] else 'k'}{k}",
+                                    m.shape, m.dtype) for k, m in enumerate(needed)}
+    memo = {id(b): b for b in body.inputs}
+    memo.update(new_in)
+    for m in body.nodes:
+        if id(m) not in memo:
+            memo[id(m)] = rebuild(m, [memo[id(i)] for i in m.inputs])
+    outs = [memo[id(y)] for y in body.outputs]
+    used = {id(i) for m in toposort(outs) for i in m.inputs} | {id(y) for y in outs}
+    seq = [(b, v) for b, v in zip(x_in, xs) if id(b) in used] + \
+          [(new_in[id(m)], outer[id(m)][0]) for m in needed if outer[id(m)][1]]
+    inv = [(b, v) for b, v in zip(k_in, consts) if id(b) in used] + \
+          [(new_in[id(m)], outer[id(m)][0]) for m in needed if not outer[id(m)][1]]
+    body2 = Graph(list(c_in) + [b for b, _ in seq] + [b for b, _ in inv], outs)
+    params = dict(p, body=body2, n_xs=len(seq), n_consts=len(inv))
+    return rebuild(n, list(init) + [v for _, v in seq] + [v for _, v in inv], params)
+
+
+def hoist(graph: Graph) -> Graph:
+    """Time-vectorize what each scan computes from its sequences alone."""
+    def fn(n, ins):
+        if n.op == "scan":
+            body = hoist(n.params["body"])
+            n2 = rebuild(n, ins, dict(n.params, body=body)) if body is not n.params["body"] \
+                else rebuild(n, ins)
+            return _hoist_scan(n2)
+        return rebuild(n, ins)
+    return transform(graph, fn)
+
+
+# ----------------------------------------------------------------------------- weight sums
+
+def weight_sums(graph: Graph) -> Graph:
+    """A scan output y_t = X_t·Q_t (or Q_t·X_t) with X a sequence of the scan and Q
+    computed in the loop becomes: the loop stacks Q_t, and X·Q is formed after it,
+    for all steps in one batched product (whose sum over time lowers to one GEMM)."""
+    replace: dict = {}
+
+    def fn(n, ins):
+        if n.op == "item" and (id(ins[0]), n.params["index"]) in replace:
+            return replace[(id(ins[0]), n.params["index"])]
+        if n.op == "scan":
+            body = weight_sums(n.params["body"])
+            n = rebuild(n, ins, dict(n.params, body=body)) if body is not n.params["body"] \
+                else rebuild(n, ins)
+            return _weight_sums_scan(n, replace)
+        return rebuild(n, ins)
+    return transform(graph, fn)
+
+
+def _weight_sums_scan(n: Node, replace: dict) -> Node:
+    p = n.params
+    body: Graph = p["body"]
+    nc, nx = p["n_carry"], p["n_xs"]
+    x_in = body.inputs[nc:nc + nx]
+    x_pos = {id(b): k for k, b in enumerate(x_in)}
+    n_ys = len(body.outputs) - nc
+    outs = list(body.outputs)
+    plan = []
+    for j in range(n_ys):
+        y = outs[nc + j]
+        if y.op != "matmul" or y.ndim != 2:
+            continue
+        a, b = y.inputs
+        for side, (xv, q) in enumerate(((a, b), (b, a))):
+            xv_src = xv.inputs[0] if xv.op == "transpose" else xv
+            if id(xv_src) in x_pos and id(q) not in x_pos and q.op != "placeholder" \
+                    and q.ndim == 2:
+                plan.append((j, side, xv, xv_src, q))
+                break
+    if not plan:
+        return n
+    for j, side, xv, xv_src, q in plan:
+        outs[nc + j] = q
+    body2 = Graph(body.inputs, outs)
+    new = rebuild(n, n.inputs, dict(p, body=body2))
+    xs_outer = n.inputs[nc:nc + nx]
+    for j, side, xv, xv_src, q in plan:
+        X = xs_outer[x_pos[id(xv_src)]]
+        if xv.op == "transpose":
+            X = ag.transpose(X, (0,) + tuple(i + 1 for i in xv.params["perm"]))
+        Q = ag.item(new, nc + j)
+        replace[(id(new), nc + j)] = ag.matmul(X, Q) if side == 0 else ag.matmul(Q, X)
+    return new
+
+
+PASSES = [("simplify", simplify), ("fold", fold), ("cse", cse), ("hoist", hoist),
+          ("weight_sums", weight_sums), ("simplify", simplify), ("cse", cse)]
+
+
+def rewrite(graph: Graph, trace: bool = False):
+    """Run every pass of `PASSES`; with `trace`, also return [(name, graph)] per stage."""
+    stages = []
+    for name, run in PASSES:
+        graph = run(graph)
+        stages.append((name, graph))
+    return (graph, stages) if trace else graph
