@@ -193,7 +193,8 @@ def main(argv=None) -> int:
     train.add_argument("--resume", action="store_true", help="continue from --checkpoint")
     train.add_argument("--eval-every", type=_positive(int), default=200,
                        help="evaluate and checkpoint every N steps (200)")
-    train.add_argument("--backend", default="numpy", help="autograph backend (numpy)")
+    train.add_argument("--backend", default="llvm",
+                       help="autograph backend: llvm (compiled, default) or numpy")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--prime", default="def ", help="text the sample starts from")
     train.add_argument("--sample-length", type=int, default=300)
@@ -207,10 +208,12 @@ def main(argv=None) -> int:
     samp.add_argument("--temperature", type=_positive(float), default=0.8)
     samp.add_argument("--prime", default="def ")
     samp.add_argument("--seed", type=int, default=0)
-    samp.add_argument("--backend", default="numpy")
+    samp.add_argument("--backend", default="llvm")
     samp.set_defaults(run=_sample)
     from .cli_verify import add_command as add_verify
     add_verify(sub)
+    from compiler.cli import add_command as add_compile
+    add_compile(sub)
     from .cli_inspect import add_commands as add_inspect
     add_inspect(sub)
     args = parser.parse_args(argv)

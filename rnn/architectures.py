@@ -36,7 +36,7 @@ from .cells import CELLS, Cell
 from .layers import RNN, Embedding, Linear, one_hot, run
 from .losses import sequence_cross_entropy
 from .module import Module
-from .train import Step, compile_function
+from .train import DEFAULT_BACKEND, Step, compile_function
 
 NEG = -1e9   # the score of a masked (pad) source position before the softmax
 
@@ -95,7 +95,7 @@ class OneToOne(Module):
     def loss(self, x, y):
         return ag.cross_entropy(self(x), y, "mean", name="L")
 
-    def step(self, backend="numpy") -> Step:
+    def step(self, backend=DEFAULT_BACKEND) -> Step:
         x, y = self.placeholders()
         return Step(self, [x, y], self.loss(x, y), [self(x)], backend)
 
@@ -139,13 +139,13 @@ class SequenceClassifier(_TokenInput):
     def loss(self, x, mask, labels):
         return ag.cross_entropy(self(x, mask), labels, "mean", name="L")
 
-    def step(self, backend="numpy", tokens=True) -> Step:
+    def step(self, backend=DEFAULT_BACKEND, tokens=True) -> Step:
         """A `Step` taking ``(x, mask, labels)``; its output is the logits [B, classes]."""
         x, mask, labels = self.placeholders(tokens)
         return Step(self, [x, mask, labels], self.loss(x, mask, labels), [self(x, mask)],
                     backend)
 
-    def predict(self, x, mask=None, backend="numpy") -> np.ndarray:
+    def predict(self, x, mask=None, backend=DEFAULT_BACKEND) -> np.ndarray:
         """Class probabilities [B, classes] for a NumPy batch (mask: all True if None)."""
         x = np.asarray(x)
         if x.ndim < 2:
@@ -202,7 +202,7 @@ class Tagger(_TokenInput):
     def loss(self, x, targets, mask=None, reduction="mean"):
         return sequence_cross_entropy(self(x, mask), targets, mask, reduction).named("L")
 
-    def step(self, backend="numpy", tokens=True, reduction="mean") -> Step:
+    def step(self, backend=DEFAULT_BACKEND, tokens=True, reduction="mean") -> Step:
         """A `Step` taking ``(x, targets, mask)``; its output is the logits [T, B, C]."""
         x, t, m = self.placeholders(tokens)
         return Step(self, [x, t, m], self.loss(x, t, m, reduction), [self(x, m)], backend)
@@ -358,11 +358,11 @@ class OneToMany(_TokenInput):
     def loss(self, x, dec_in, dec_out, mask=None, reduction="mean"):
         return sequence_cross_entropy(self(x, dec_in), dec_out, mask, reduction).named("L")
 
-    def step(self, backend="numpy") -> Step:
+    def step(self, backend=DEFAULT_BACKEND) -> Step:
         x, di, do, m = self.placeholders()
         return Step(self, [x, di, do, m], self.loss(x, di, do, m), [self(x, di)], backend)
 
-    def generate(self, x, max_len: int = 20, backend="numpy") -> Decoded:
+    def generate(self, x, max_len: int = 20, backend=DEFAULT_BACKEND) -> Decoded:
         """Greedy decoding from x [B, D]: stops at ``<eos>`` or after `max_len` tokens."""
         x = np.asarray(x, self.dtype)
         if x.ndim != 2 or x.shape[1] != self.in_features:
@@ -536,7 +536,7 @@ class Seq2Seq(Module):
         outs = list(out) if self.attn is not None else [out]
         return sequence_cross_entropy(outs[0], dec_out, tgt_mask, reduction).named("L"), outs
 
-    def step(self, backend="numpy", reduction="mean") -> Step:
+    def step(self, backend=DEFAULT_BACKEND, reduction="mean") -> Step:
         """A `Step` taking ``(src, src_mask, dec_in, dec_out, tgt_mask)``; outputs are the
         logits [T, B, V] and, with attention, the weights [T, B, S]."""
         ph = self.placeholders()
@@ -566,7 +566,7 @@ class Seq2Seq(Module):
         self._compiled = (backend, enc, one)
         return enc, one
 
-    def greedy(self, src, src_mask=None, max_len: int = 50, backend="numpy") -> Decoded:
+    def greedy(self, src, src_mask=None, max_len: int = 50, backend=DEFAULT_BACKEND) -> Decoded:
         """Greedy decoding of a batch of sources ids [S, B] (mask: all True if None):
         start from ``<go>``, feed each step's arg-max back, stop at ``<eos>`` (per
         sequence) or after `max_len` tokens. Returns a `Decoded`."""

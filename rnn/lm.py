@@ -15,7 +15,7 @@ from .data import Vocab, char_tokens
 from .layers import RNN, Embedding, Linear, one_hot
 from .module import Module
 from .optim import OPTIMIZERS
-from .train import Step, Trainer, compile_function
+from .train import DEFAULT_BACKEND, Step, Trainer, compile_function
 
 
 class LanguageModel(Module):
@@ -60,7 +60,7 @@ class LMGraphs:
     n_state: int
 
 
-def build(model: LanguageModel, backend="numpy") -> LMGraphs:
+def build(model: LanguageModel, backend=DEFAULT_BACKEND) -> LMGraphs:
     ids = ag.placeholder("ids", ("T", "B"), "int64")
     targets = ag.placeholder("targets", ("T", "B"), "int64")
     state0 = model.state_inputs()
@@ -164,7 +164,7 @@ def read_corpus(files) -> str:
 def train_language_model(text: str, *, hidden_size=128, num_layers=1, cell="lstm",
                          embed_dim=None, batch=16, seq_len=64, steps=500, lr=3e-3,
                          optimizer="adam", clip_norm=5.0, checkpoint=None, resume=False,
-                         eval_every=100, checkpoint_every=100, seed=0, backend="numpy",
+                         eval_every=100, checkpoint_every=100, seed=0, backend=DEFAULT_BACKEND,
                          progress=True, log=print):
     """Train a character-level language model with truncated BPTT (the state is carried
     from chunk to chunk; the gradient stops at chunk boundaries). Returns a dict of
@@ -213,7 +213,7 @@ def train_language_model(text: str, *, hidden_size=128, num_layers=1, cell="lstm
                 val_bits_per_char=val, unigram_entropy=H)
 
 
-def load_language_model(path, backend="numpy"):
+def load_language_model(path, backend=DEFAULT_BACKEND):
     """Model, vocabulary and graphs from a checkpoint written by `train_language_model`."""
     ckpt = load_checkpoint(path)
     if ckpt.meta.get("kind") != "char-lm" or "vocab" not in ckpt.arrays:

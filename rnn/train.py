@@ -13,6 +13,10 @@ from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_check
 from .module import Module
 from .optim import Optimizer, clip_by_global_norm, clip_by_value
 
+# Training steps are compiled to native code by default; `compile_function` falls back
+# to the NumPy reference backend, with a warning, if compiling fails.
+DEFAULT_BACKEND = "llvm"
+
 
 def compile_function(inputs, outputs, backend: str):
     """`ag.function` on `backend`; if a non-NumPy backend fails to build the graph, warn
@@ -32,7 +36,7 @@ class Step:
     callable built from the graph: ``loss, outputs, grads = step(*data)``."""
 
     def __init__(self, model: Module, inputs: Sequence[ag.Node], loss: ag.Node,
-                 outputs: Sequence[ag.Node] = (), backend: str = "numpy"):
+                 outputs: Sequence[ag.Node] = (), backend: str = DEFAULT_BACKEND):
         self.model = model
         nodes = model.nodes()
         self.names = list(nodes)
