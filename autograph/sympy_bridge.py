@@ -541,17 +541,122 @@ def _small(e) -> bool:
     return not e.has(sp.Max, sp.Min) and sp.count_ops(e) <= 200
 
 
+def atomize(e, memo: dict | None = None, atoms: dict | None = None):
+    """`e` with every function application (tanh(z), σ(z), exp(z), …) replaced by a
+    symbol, innermost first; equal arguments (after `expand`) give the same symbol.
+
+    Reverse mode and sympy's `diff` both write a derivative through the same
+    applications (tanh' = 1 − tanh², σ' = σ(1 − σ)), so their difference is a
+    rational function of these symbols. If it vanishes with the symbols taken as
+    independent, it vanishes for their true values: a proof, and one whose cost
+    does not blow up with the nesting depth of an unrolled recurrence.
+    """
+    sp = _sp()
+    memo = {} if memo is None else memo
+    atoms = {} if atoms is None else atoms
+    # Iterative post-order walk: unrolled expressions are deep.
+    stack = [(e, False)]
+    while stack:
+        node, ready = stack.pop()
+        if node in memo:
+            continue
+        if node.is_Atom:
+            memo[node] = node
+            continue
+        if not ready:
+            stack.append((node, True))
+            stack.extend((a, False) for a in node.args if a not in memo)
+            continue
+        args = [memo[a] for a in node.args]
+        if isinstance(node, sp.Function) and not isinstance(node, (sp.Piecewise, sp.Max, sp.Min)) \
+                and all(isinstance(a, sp.Expr) for a in args):
+            key = (node.func, tuple(sp.expand(a) for a in args))
+            if key not in atoms:
+                atoms[key] = sp.Dummy(f"{node.func.__name__}{len(atoms)}", real=True)
+            memo[node] = atoms[key]
+        else:
+            memo[node] = node.func(*args) if any(a is not b for a, b in zip(args, node.args)) \
+                else node
+    return memo[e]
+
+
+class _NotPolynomial(Exception):
+    pass
+
+
+def _in_ring(e):
+    """`e` as a polynomial with rational coefficients (sparse, fast arithmetic)."""
+    from sympy.polys.rings import ring
+    return _fold(e, ring, allow_division=False)
+
+
+def _in_field(e):
+    """`e` as a rational function with rational coefficients."""
+    from sympy.polys.fields import field
+    return _fold(e, field, allow_division=True)
+
+
+def _fold(e, make, allow_division):
+    sp = _sp()
+    syms = sorted(e.free_symbols, key=lambda s: (str(s), s.dummy_index or 0)
+                  if isinstance(s, sp.Dummy) else (str(s), 0))
+    if not syms:
+        return sp.nsimplify(e) if not e.is_Rational else e
+    K, *gens = make(syms, sp.QQ)
+    memo = {s: g for s, g in zip(syms, gens)}
+    stack = [(e, False)]
+    while stack:
+        n, ready = stack.pop()
+        if n in memo:
+            continue
+        if n.is_Rational:
+            memo[n] = K(n)
+            continue
+        if n.is_Atom:
+            raise _NotPolynomial(n)
+        if not ready:
+            stack.append((n, True))
+            stack.extend((a, False) for a in n.args if a not in memo)
+            continue
+        args = [memo[a] for a in n.args]
+        if n.is_Add:
+            r = K(0)
+            for a in args:
+                r = r + a
+        elif n.is_Mul:
+            r = K(1)
+            for a in args:
+                r = r * a
+        elif n.is_Pow and n.exp.is_Integer and (n.exp >= 0 or allow_division):
+            r = args[0] ** int(n.exp)
+        else:
+            raise _NotPolynomial(n)
+        memo[n] = r
+    return memo[e]
+
+
 def prove_zero(e) -> bool:
     """True when sympy shows that `e` is identically zero (cheapest test first).
 
-    Function applications (tanh(z), σ(z), exp(z)) are atoms to `expand`/`cancel`,
-    so the identities of reverse mode (tanh' = 1 − tanh², σ' = σ(1 − σ)) are
-    polynomial identities; `simplify` after rewriting into exp is the last resort.
+    First `e` is atomized (see `atomize`) and expanded as a rational function of
+    the atoms; then expanded whole; `simplify` after rewriting into exp is the
+    last resort, for small expressions.
     """
     sp = _sp()
     e = sp.sympify(e)
     if e == 0:
         return True
+    if not e.has(sp.Piecewise):
+        a = atomize(e)
+        for exact in (_in_ring, _in_field):
+            try:
+                if exact(a) == 0:
+                    return True
+                break
+            except _NotPolynomial:
+                continue
+        if not _small(e):
+            return False
     if e.has(sp.Piecewise):
         e = sp.piecewise_fold(e)
         if isinstance(e, sp.Piecewise) and all(prove_zero(b) for b, _ in e.args):
