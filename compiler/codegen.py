@@ -18,6 +18,7 @@ import math
 
 from llvmlite import ir
 
+from . import blas
 from .expr import Expr
 from .loopir import (Apply, Check, Const, Gather, Iota, Load, Loop, Map, MatMul, Program,
                      Reduce, ScatterAdd)
@@ -206,8 +207,48 @@ class Emitter:
 
     def emit_MatMul(self, s: MatMul):
         """
-        for batch…: for i < M: out[i, :] = 0; for k < K: a = A[i, k]; for j < N: out[i, j] += a·B[k, j]
+        if BLAS applies and M·N·K ≥ BLAS_MIN_WORK:  for batch…: gemm(A, B, out)
+        else: for batch…: for i < M: out[i, :] = 0; for k < K: a = A[i, k];
+                                      for j < N: out[i, j] += a·B[k, j]
         """
+        out, A, B = s.out, s.a, s.b
+        layout = _blas_layout(s) if s.out.dtype in FLOATS and blas.available() else None
+        if layout is None:
+            self._matmul_loops(s)
+            return
+        M, N, K = (self.ex(e) for e in (out.shape[-2], out.shape[-1], A.shape[-1]))
+        b = self.b
+        work = b.mul(b.mul(M, N), K)
+        big = b.icmp_signed(">=", work, self.i64(blas.BLAS_MIN_WORK))
+        with b.if_else(big) as (then, otherwise):
+            with then:
+                self._matmul_blas(s, layout, M, N, K)
+            with otherwise:
+                self._matmul_loops(s)
+
+    def _matmul_blas(self, s: MatMul, layout, M, N, K):
+        out, A, B = s.out, s.a, s.b
+        nb = out.ndim - 2
+        ty = REG[out.dtype]
+        i32 = ir.IntType(32)
+        name = blas.GEMM[out.dtype]
+        fn = self.module.globals.get(name)
+        if fn is None:
+            fn = ir.Function(self.module, ir.FunctionType(
+                ir.VoidType(), [i32, i32, i32, I64, I64, I64, ty, PTR, I64, PTR, I64, ty, PTR,
+                                I64]), name)
+        (ta, lda), (tb, ldb), ldc = layout
+
+        def call(bidx):
+            zeros = (self.i64(0), self.i64(0))
+            pa, pb, pc = (self.ptr(r, tuple(bidx) + zeros) for r in (A, B, out))
+            self.b.call(fn, [ir.Constant(i32, blas.ROW_MAJOR), ir.Constant(i32, ta),
+                             ir.Constant(i32, tb), M, N, K, ir.Constant(ty, 1.0), pa,
+                             self.ex(lda), pb, self.ex(ldb), ir.Constant(ty, 0.0), pc,
+                             self.ex(ldc)])
+        self.nest(out.shape[:nb], call)
+
+    def _matmul_loops(self, s: MatMul):
         out, A, B = s.out, s.a, s.b
         nb = out.ndim - 2
         M, N, K = out.shape[-2], out.shape[-1], A.shape[-1]
@@ -311,6 +352,25 @@ class Emitter:
 
 
 # ----------------------------------------------------------------------------- scalar rules
+
+def _blas_layout(s: MatMul):
+    """((transA, lda), (transB, ldb), ldc) when every operand is a row- or column-major
+    matrix (per batch), else None."""
+    one, zero = Expr.of(1), Expr.of(0)
+
+    def operand(ref, cols):
+        r, c = ref.strides[-2], ref.strides[-1]
+        if c == one and r != zero:
+            return blas.NO_TRANS, r
+        if r == one and c != zero:
+            return blas.TRANS, c
+        return None
+    a = operand(s.a, s.a.shape[-1])
+    b = operand(s.b, s.b.shape[-1])
+    if a is None or b is None or s.out.strides[-1] != one:
+        return None
+    return a, b, s.out.strides[-2]
+
 
 def _nodes(tree):
     stack = [tree]

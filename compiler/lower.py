@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -153,6 +154,11 @@ class Lowering:
         for y in graph.outputs:
             users[id(y)] = users.get(id(y), 0) + 2   # an output is always stored
         self.items = items
+        # sum(matmul(A, B), axis 0) over a batch of steps: one GEMM with K = T·K.
+        self.fuse_sum = {id(n.inputs[0]) for n in graph.nodes
+                         if n.op == "sum" and n.params["axes"] == (0,) and not n.params["keepdims"]
+                         and n.inputs[0].op == "matmul" and n.inputs[0].ndim == 3
+                         and users.get(id(n.inputs[0])) == 1}
         for n in graph.nodes:
             if id(n) in env:
                 continue
@@ -370,6 +376,15 @@ def _concat(lw, node, vals, body):
 
 # ----------------------------------------------------------------------------- products, reductions
 
+@dataclass(frozen=True)
+class PendingMatMul:
+    """A batched product whose only use is its sum over the batch (see `_sum_matmul`)."""
+
+    a: Ref
+    b: Ref
+    dtype: str
+
+
 @rule("matmul")
 def _matmul(lw, node, vals, body):
     a, b = (lw.materialize(v, body) for v in vals)
@@ -377,13 +392,37 @@ def _matmul(lw, node, vals, body):
     batch = shape[:-2]
     a = broadcast_view(a, batch + a.shape[-2:])
     b = broadcast_view(b, batch + b.shape[-2:])
+    if id(node) in lw.fuse_sum:
+        return PendingMatMul(a, b, node.dtype)
     out = lw.new(node.shape, node.dtype)
     body.append(MatMul(out, a, b))
     return out
 
 
+def _sum_matmul(lw, node, pm: PendingMatMul, body):
+    """Σ_t A_t·B_t = [A_1 … A_T]·[B_1; …; B_T]: one product with K' = T·K, on views
+    when the layout allows it (else after one copy into that layout)."""
+    a, b = pm.a, pm.b
+    T, M, K = a.shape
+    N = b.shape[2]
+    if a.strides[0] != K * a.strides[2] or a.strides[0] == Expr.of(0):
+        tmp = lw.new((M, T, K), a.dtype)
+        lw.store(tmp, Ref(a.buf, a.offset, (M, T, K), (a.strides[1], a.strides[0], a.strides[2])),
+                 body)
+        a = Ref(tmp.buf, tmp.offset, (T, M, K), (tmp.strides[1], tmp.strides[0], tmp.strides[2]))
+    if b.strides[0] != K * b.strides[1] or b.strides[0] == Expr.of(0):
+        b = lw.contiguous(b, body)
+    a2 = Ref(a.buf, a.offset, (M, T * K), (a.strides[1], a.strides[2]))
+    b2 = Ref(b.buf, b.offset, (T * K, N), (b.strides[1], b.strides[2]))
+    out = lw.new(node.shape, node.dtype)
+    body.append(MatMul(out, a2, b2))
+    return out
+
+
 @rule("sum", "max")
 def _reduce(lw, node, vals, body):
+    if isinstance(vals[0], PendingMatMul):
+        return _sum_matmul(lw, node, vals[0], body)
     x = node.inputs[0]
     axes = node.params["axes"]
     in_shape = S(x.shape)

@@ -176,6 +176,44 @@ def test_one_kernel_serves_every_sequence_length():
     assert "4096" not in kernel.ir_text and "16" not in kernel.prog.dims
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_matrix_products_agree_on_both_sides_of_the_blas_threshold(dtype):
+    """Products of M·N·K ≥ BLAS_MIN_WORK call OpenBLAS, smaller ones run generated loops;
+    one kernel decides at run time. Transposed and batched operands included."""
+    from compiler import blas
+    assert blas.available(), "scipy-openblas64 is a dependency; its library must load"
+    a = ag.placeholder("a", ("M", "K"), dtype)
+    b = ag.placeholder("b", ("N", "K"), dtype)
+    c = ag.placeholder("c", ("P", "M", "K"), dtype)
+    outs = [a @ b.T, (a.T @ a), c @ b.T, ag.sum(ag.tanh(a @ b.T) * 2.0)]
+    outs += ag.grad(outs[-1], [a, b])
+    rng = np.random.default_rng(1)
+    for M, N, K in [(3, 5, 2), (40, 48, 33), (129, 7, 64)]:
+        args = [rng.normal(size=s).astype(dtype) for s in ((M, K), (N, K), (2, M, K))]
+        for r, g in zip(*both([a, b, c], outs, *args)):
+            close(r, g, 1e-12 if dtype == "float64" else 2e-5)
+
+
+@pytest.mark.parametrize("kind", ["elman", "lstm", "gru"])
+def test_training_steps_from_torch_weights_match_the_interpreter(kind):
+    """The workload's training step at a size where the products go to BLAS, with weights
+    from a PyTorch module (its layout and gate order): 1e-12 in float64."""
+    torch = pytest.importorskip("torch")
+    from rnn.workload import training_step
+    D, H, B, T = 24, 64, 8, 11
+    torch.manual_seed(0)
+    tm = {"elman": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[kind](
+        D, H).double()
+    model, data, outs = training_step(kind, D, H)
+    model.cell.params_from_torch({k: v.detach().numpy() for k, v in tm.state_dict().items()})
+    params = list(model.nodes().values())
+    rng = np.random.default_rng(2)
+    args = [rng.normal(size=(T, B, D)), rng.normal(size=(T, B, D))]
+    args += list(model.state_dict().values())
+    for r, g in zip(*both(data + params, outs, *args)):
+        close(r, g)
+
+
 # ----------------------------------------------------------------------------- cache
 
 def _graph():

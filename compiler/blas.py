@@ -1,0 +1,30 @@
+"""OpenBLAS for the large matrix products, from the `scipy-openblas64` wheel.
+
+The wheel ships OpenBLAS as a shared library at a documented path with prefixed
+symbols (``scipy_cblas_dgemm64_``: 64-bit integers). Loading it makes those symbols
+resolvable by JIT-compiled code. Products too small to pay for a library call stay in
+generated loops (`BLAS_MIN_WORK`, chosen by measurement: see bench/gemm_threshold.py).
+"""
+from __future__ import annotations
+
+import functools
+
+GEMM = {"float64": "scipy_cblas_dgemm64_", "float32": "scipy_cblas_sgemm64_"}
+ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
+BLAS_MIN_WORK = 32 * 32 * 32     # M·N·K below which generated loops win
+
+
+@functools.lru_cache(maxsize=None)
+def available() -> bool:
+    """True when the OpenBLAS library is loaded (the package is a dependency, but a
+    missing or broken install only costs speed)."""
+    try:
+        import llvmlite.binding as llvm
+        import scipy_openblas64
+        import os
+        path = os.path.join(scipy_openblas64.get_lib_dir(),
+                            f"lib{scipy_openblas64.get_library()}.so")
+        llvm.load_library_permanently(path)
+        return True
+    except Exception:  # ImportError, OSError, RuntimeError from LLVM
+        return False
