@@ -95,6 +95,8 @@ class Lowering:
         self.errors: dict = {}
         self._ids = itertools.count()
         self._loops = itertools.count()
+        self.items: dict[int, set] = {}     # scan node → which of its outputs are used
+        self.fuse_sum: set[int] = set()     # matmuls whose only use is a sum over axis 0
 
     # ----------------------------------------------------------------- buffers
 
@@ -153,12 +155,19 @@ class Lowering:
                 items.setdefault(id(n.inputs[0]), set()).add(n.params["index"])
         for y in graph.outputs:
             users[id(y)] = users.get(id(y), 0) + 2   # an output is always stored
-        self.items = items
         # sum(matmul(A, B), axis 0) over a batch of steps: one GEMM with K = T·K.
-        self.fuse_sum = {id(n.inputs[0]) for n in graph.nodes
-                         if n.op == "sum" and n.params["axes"] == (0,) and not n.params["keepdims"]
-                         and n.inputs[0].op == "matmul" and n.inputs[0].ndim == 3
-                         and users.get(id(n.inputs[0])) == 1}
+        fuse_sum = {id(n.inputs[0]) for n in graph.nodes
+                    if n.op == "sum" and n.params["axes"] == (0,) and n.inputs[0].op == "matmul"
+                    and n.inputs[0].ndim == 3 and users.get(id(n.inputs[0])) == 1}
+        # a scan body is lowered by a nested call: keep this graph's tables around it
+        saved = self.items, self.fuse_sum
+        self.items, self.fuse_sum = items, fuse_sum
+        try:
+            return self._lower_each(graph, env, body, users)
+        finally:
+            self.items, self.fuse_sum = saved
+
+    def _lower_each(self, graph, env, body, users):
         for n in graph.nodes:
             if id(n) in env:
                 continue
@@ -414,8 +423,8 @@ def _sum_matmul(lw, node, pm: PendingMatMul, body):
         b = lw.contiguous(b, body)
     a2 = Ref(a.buf, a.offset, (M, T * K), (a.strides[1], a.strides[2]))
     b2 = Ref(b.buf, b.offset, (T * K, N), (b.strides[1], b.strides[2]))
-    out = lw.new(node.shape, node.dtype)
-    body.append(MatMul(out, a2, b2))
+    out = lw.new(node.shape, node.dtype)      # [M, N], or [1, M, N] with keepdims
+    body.append(MatMul(Ref(out.buf, out.offset, (M, N), out.strides[-2:]), a2, b2))
     return out
 
 
@@ -552,9 +561,7 @@ def _scan(lw, node, vals, body):
         env[id(b)] = index0(x, t)
     for b, c in zip(g.inputs[nc + nx:], consts):
         env[id(b)] = c
-    saved = lw.items
     outs = lw.lower_nodes(g, env, inner)
-    lw.items = saved
     for y, v in zip(ys, outs[nc:]):
         if y is not None:
             lw.store(index0(y, t), v, inner)
