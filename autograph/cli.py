@@ -4,6 +4,7 @@ Subcommands:
   train   train a character-level language model (LSTM by default) on text files,
           or on the source of a standard-library package; checkpoints and samples
   sample  generate text from a checkpoint written by `train`
+  bench   time the training step of DESIGN.md's workload against the references
   demo    build a small Elman RNN as a graph, differentiate it, and check the
           gradient three ways (finite differences, the unrolled graph, textbook BPTT)
 """
@@ -159,7 +160,27 @@ def _positive(kind):
     return parse
 
 
+def _bench(rest) -> int:
+    """Run bench/workload.py of the source checkout this package was installed from,
+    with the arguments after `bench` (its own parser reads them)."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parent.parent / "bench" / "workload.py"
+    if not path.is_file():
+        print(f"autograph bench: {path} is missing; the benchmark runs from a source "
+              "checkout (git clone, then pip install -e \".[dev,compare]\")", file=sys.stderr)
+        return 2
+    spec = importlib.util.spec_from_file_location("autograph_bench_workload", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main(rest)
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        return _bench(argv[1:])
     parser = argparse.ArgumentParser(
         prog="autograph",
         description="Symbolic reverse-mode autodiff for recurrent networks.")
@@ -210,6 +231,9 @@ def main(argv=None) -> int:
     samp.add_argument("--seed", type=int, default=0)
     samp.add_argument("--backend", default="llvm")
     samp.set_defaults(run=_sample)
+    bench = sub.add_parser("bench", add_help=False,
+                           help="time the training step against NumPy, PyTorch and JAX "
+                                "(bench/workload.py; `autograph bench --help`)")
     from .cli_verify import add_command as add_verify
     add_verify(sub)
     from compiler.cli import add_command as add_compile
