@@ -366,7 +366,11 @@ def grad_steps(y: Node, wrt) -> list[Node | None]:
     Returns, per `wrt`, a value of shape ``[T, *w.shape]`` whose slice ``k`` is
     ∂y/∂W^(k): the gradient through the copy of W used at step k (BPTT's "sum over
     copies of the weights"). Summed over axis 0 it is the scan's share of ∂y/∂W.
-    ``None`` if `w` is not a parameter of exactly one scan on the path to `y`.
+
+    The scan may close over W itself or over values computed from it outside the
+    loop (``W.T``, ``b + b_hh``, as the `rnn` cells do): each step's cotangent of such
+    a value is carried back to W through that computation, step by step.
+    ``None`` if `w` does not reach `y` through exactly one scan.
     """
     single = isinstance(wrt, Node)
     wrt = [wrt] if single else list(wrt)
@@ -378,6 +382,26 @@ def grad_steps(y: Node, wrt) -> list[Node | None]:
         StepRecorder.active.pop()
     out = []
     for w in wrt:
-        found = recorder.steps.get(w, [])
-        out.append(found[0] if len(found) == 1 else None)
+        direct = recorder.steps.get(w, [])
+        derived = [(c, stacked) for c, found in recorder.steps.items() if c is not w
+                   and any(n is w for n in toposort([c])) for stacked in found]
+        if len(direct) + len(derived) == 0 or len(direct) > 1:
+            out.append(None)
+            continue
+        total = direct[0] if direct else None
+        for c, stacked in derived:
+            mapped = _steps_through(c, stacked, w)
+            total = mapped if total is None else total + mapped
+        out.append(total)
     return out[0] if single else out
+
+
+def _steps_through(c: Node, stacked: Node, w: Node) -> Node:
+    """[T, *w.shape]: slice k is the cotangent of `w` given slice k of `stacked` as the
+    cotangent of `c` (a value computed from `w`), by a scan over the steps."""
+    def body(carry, ct_k):
+        (g,) = vjp([c], [ct_k], [w])
+        return carry, ag.zeros(w.shape, w.dtype) if g is None else g
+    from .scan import scan    # scan's own VJP lives in this module: import at call time
+    _, per_step = scan(body, ag.zeros((), w.dtype), stacked)
+    return per_step

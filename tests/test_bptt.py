@@ -80,6 +80,21 @@ def test_jacobian_products_match_the_graph():
     assert np.allclose(np.concatenate(got), ex.jacobian_product(5, 2)[0], atol=1e-14)
 
 
+@pytest.mark.parametrize("kind", ["elman", "lstm", "gru"])
+def test_grad_steps_of_a_cell_are_the_copy_gradients(kind):
+    """ag.grad_steps on the ordinary scan graph of an rnn cell (which closes over W.T,
+    not W) gives per step k what the unrolled copy graph gives for W^(k)."""
+    cell = demo_cell(kind, seed=4)
+    xs = np.random.default_rng(4).standard_normal((5, 2, cell.input_size))
+    ex = explain_gradient(cell, xs, "W")
+    x = ag.placeholder("x", ("T", "B", cell.input_size))
+    _, hs = rnn.run(cell, x)
+    loss = ag.sum(hs)            # Σ_t L_t with explain_gradient's default L_t = Σ y_t
+    steps = ag.function([x, *cell.nodes().values()], [ag.grad_steps(loss, cell.p("W"))])(
+        ex.xs, *cell.state_dict().values())[0]
+    np.testing.assert_allclose(steps, ex.contributions.sum(axis=0), rtol=1e-10, atol=1e-14)
+
+
 def test_copies_identity_scalar_rnn():
     """The course's 'treat each W^(k) as its own weight and add' for the scalar RNN
     s_t = tanh(w·s_{t−1} + u·x_t), T = 4: ∂s_4/∂W = Σ_k ∂s_4/∂s_k ∂⁺s_k/∂W."""

@@ -635,8 +635,11 @@ def test_loop_invariant_expression_is_hoisted_and_differentiated():
     rep = ag.check_grad(loss, [X, W, s0], [r.standard_normal((3, 2)),
                                            0.4 * r.standard_normal((2, 2)), r.standard_normal(2)])
     assert rep.ok(1e-6), str(rep)
-    # W itself is not a parameter of the scan (W * 2.0 is), so there are no per-step terms
-    assert ag.grad_steps(loss, W) is None
+    # the scan closes over W * 2.0, not W: its per-step cotangents are carried back to W
+    steps, total = ag.function([X, W, s0], [ag.grad_steps(loss, W), ag.grad(loss, W)])(
+        r.standard_normal((3, 2)), 0.4 * r.standard_normal((2, 2)), r.standard_normal(2))
+    assert steps.shape == (3, 2, 2)
+    np.testing.assert_allclose(steps.sum(axis=0), total, rtol=1e-13, atol=1e-15)
 
 
 def test_zero_length_sequence():
