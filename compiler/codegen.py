@@ -18,7 +18,9 @@ import math
 
 from llvmlite import ir
 
-from . import blas
+import re
+
+from . import blas, vecmath
 from .expr import Expr
 from .loopir import (Apply, Check, Const, Gather, Iota, Load, Loop, Map, MatMul, Program,
                      Reduce, ScatterAdd)
@@ -36,6 +38,7 @@ class Emitter:
 
     def __init__(self, module: ir.Module, prog: Program, name: str):
         self.module, self.prog = module, prog
+        self.vec_used: set[tuple[str, str]] = set()   # (function, dtype) of vecmath calls
         fnty = ir.FunctionType(ir.VoidType(), [PTR] * 6)
         self.fn = ir.Function(module, fnty, name)
         for a, n in zip(self.fn.args, ("dims", "inputs", "outputs", "arena", "offsets", "status")):
@@ -54,6 +57,16 @@ class Emitter:
         fn = self.module.globals.get(full)
         if fn is None:
             fn = ir.Function(self.module, ir.FunctionType(ty, [ty] * n_args), full)
+        return fn
+
+    def vecmath(self, name: str, ty):
+        """`name` (exp, log, tanh) through its vectorizable wrapper (see vecmath.py)."""
+        dtype = "float32" if ty == F32 else "float64"
+        full = vecmath.wrapper_name(name, dtype)
+        self.vec_used.add((name, dtype))
+        fn = self.module.globals.get(full)
+        if fn is None:
+            fn = ir.Function(self.module, ir.FunctionType(ty, [ty]), full)
         return fn
 
     def libm(self, name: str, ty):
@@ -419,7 +432,7 @@ def _sigmoid(em, x, ty):
     """1/(1+e^-x) for x ≥ 0, e^x/(1+e^x) below: exp of a non-positive number only."""
     b = em.b
     ax = b.call(em.intrinsic("llvm.fabs", ty), [x])
-    e = b.call(em.intrinsic("llvm.exp", ty), [b.fneg(ax)])
+    e = b.call(em.vecmath("exp", ty), [b.fneg(ax)])
     one = ir.Constant(ty, 1.0)
     d = b.fadd(one, e)
     return b.select(b.fcmp_ordered(">=", x, ir.Constant(ty, 0.0)), b.fdiv(one, d), b.fdiv(e, d))
@@ -444,10 +457,11 @@ def _cmp(op_float, op_int, unordered=False):
     return emit
 
 
-def _unary_float(intr=None, libm=None):
+def _unary_float(intr=None, libm=None, vec=None):
     def emit(em, a, dtypes, out, p):
         ty = REG[out]
-        fn = em.intrinsic(intr, ty) if intr else em.libm(libm, ty)
+        fn = (em.vecmath(vec, ty) if vec else em.intrinsic(intr, ty) if intr
+              else em.libm(libm, ty))
         return em.b.call(fn, [a[0]])
     return emit
 
@@ -500,10 +514,10 @@ def _relu(em, a, dtypes, out, p):
 
 
 SCALAR = {
-    "exp": _unary_float("llvm.exp"),
-    "log": _unary_float("llvm.log"),
+    "exp": _unary_float(vec="exp"),
+    "log": _unary_float(vec="log"),
     "sqrt": _unary_float("llvm.sqrt"),
-    "tanh": _unary_float(libm="tanh"),
+    "tanh": _unary_float(vec="tanh"),
     "sigmoid": lambda em, a, d, out, p: _sigmoid(em, a[0], REG[out]),
     "neg": _neg,
     "abs": _abs,
@@ -531,8 +545,26 @@ SCALAR = {
 
 
 def emit_module(prog: Program, name: str = "kernel") -> ir.Module:
-    """The LLVM module holding the kernel of `prog` (planned)."""
+    """The LLVM module holding the kernel of `prog` (planned), as llvmlite built it:
+    the math wrappers are only declared (`emit_text` defines them)."""
+    return _emit(prog, name)[0]
+
+
+def emit_text(prog: Program, name: str = "kernel") -> str:
+    """The LLVM IR text of the kernel of `prog`, with the vectorizable math wrappers
+    of `vecmath` defined in it."""
+    module, used = _emit(prog, name)
+    text = str(module)
+    if not used:
+        return text
+    # llvmlite declared the wrappers; their definitions replace those declarations
+    text = re.sub(r'^declare [^\n]*@"?ag_(exp|log|tanh)_f(32|64)"?\([^\n]*\n', "", text,
+                  flags=re.M)
+    return text + "\n" + vecmath.definitions(used)
+
+
+def _emit(prog: Program, name: str):
     module = ir.Module(name=name)
     em = Emitter(module, prog, name)
     em.build()
-    return module
+    return module, em.vec_used

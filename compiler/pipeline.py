@@ -8,7 +8,7 @@ from autograph.errors import BackendError
 from autograph.graph import Graph
 from autograph.printing import format_graph
 
-from .codegen import emit_module
+from .codegen import emit_text
 from .jit import Kernel, optimize, target_machine
 from .loopir import format_program
 from .lower import lower
@@ -38,7 +38,7 @@ def build(graph: Graph):
     prog = plan(lower(g))
     t["lower"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ir_text = str(emit_module(prog))
+    ir_text = emit_text(prog)
     t["codegen"] = time.perf_counter() - t0
     return g, prog, ir_text, t
 
