@@ -404,8 +404,28 @@ def _matmul(lw, node, vals, body):
     if id(node) in lw.fuse_sum:
         return PendingMatMul(a, b, node.dtype)
     out = lw.new(node.shape, node.dtype)
-    body.append(MatMul(out, a, b))
+    flat = _flatten_batch(a, b, out)
+    body.append(MatMul(*flat) if flat else MatMul(out, a, b))
     return out
+
+
+def _flatten_batch(a: Ref, b: Ref, out: Ref):
+    """A batch of products that share B (stride 0 over the batch) is one product of
+    the stacked rows: [T, M, K]·[K, N] → [T·M, K]·[K, N] (X·U of every step at once).
+    (out, a, b) as 2-D views, or None when A's rows cannot be stacked without a copy."""
+    nb = out.ndim - 2
+    zero = Expr.of(0)
+    if nb == 0 or any(st != zero for st in b.strides[:nb]):
+        return None
+    rows = a.shape[:-1]           # batch dims and M: one stride step apart each?
+    for i in range(len(rows) - 1):
+        if a.strides[i] != a.strides[i + 1] * rows[i + 1]:
+            return None
+    m = product(rows)
+    a2 = Ref(a.buf, a.offset, (m, a.shape[-1]), (a.strides[-2], a.strides[-1]))
+    b2 = Ref(b.buf, b.offset, b.shape[-2:], b.strides[-2:])
+    o2 = Ref(out.buf, out.offset, (m, out.shape[-1]), (out.strides[-2], out.strides[-1]))
+    return o2, a2, b2
 
 
 def _sum_matmul(lw, node, pm: PendingMatMul, body):
@@ -535,7 +555,9 @@ def _scan(lw, node, vals, body):
     used = lw.items.get(id(node), set())
     init, xs, consts = vals[:nc], vals[nc:nc + nx], vals[nc + nx:]
     xs = [lw.materialize(x, body) if isinstance(x, Lazy) else x for x in xs]
-    consts = [lw.materialize(c, body) if isinstance(c, Lazy) else c for c in consts]
+    # Loop-invariant operands are packed row-major once, before the loop: a transposed
+    # weight (W.T is a strided view) read with unit stride by every step's product.
+    consts = [lw.contiguous(c, body) for c in consts]
     carries = []
     for b, v in zip(g.inputs[:nc], init):
         ref = lw.new(b.shape, b.dtype, name=f"carry_{b.name}")
