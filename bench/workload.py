@@ -148,7 +148,7 @@ def run_case(cell, size, dtype, refs, repeat, peak, log):
             agree("torch eager", truth, f(x, y), dtype)
             impls_ref["torch eager"] = lambda: f(x, y)
         with contextlib.suppress(ImportError):
-            g, compile_s = refs.jax_step(cell, params, dtype)
+            g, compile_s = refs.jax_step(cell, params, dtype, T=T, B=B)
             agree("jax jit", truth, g(x, y), dtype)
             impls_ref["jax jit"] = lambda: g(x, y)
             extra["jax compile s"] = compile_s

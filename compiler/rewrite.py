@@ -357,8 +357,133 @@ def _weight_sums_scan(n: Node, replace: dict) -> Node:
     return new
 
 
+# ----------------------------------------------------------------------------- stored activations
+
+def store_activations(graph: Graph) -> Graph:
+    """Values that the backward pass recomputes for all steps at once from a forward
+    scan's stored states (the gates σ(z_t), tanh(c_t), … after `hoist`) are the values
+    the forward loop computed at each step: the forward loop stores them instead.
+
+    A top-level node is matched to a body node of scan S when it is the same op with the
+    same params on matched inputs: S's carry history ↔ the body's carry, S's sequences
+    ↔ the body's step slices, S's loop-invariant inputs ↔ the body's, equal constants.
+    The matched nodes that unmatched nodes read become new outputs of S, and the
+    recomputation (an extra product of the recurrent size, for a gated cell) is gone.
+    """
+    plans = {}          # id(scan) -> [(top node, body node)]
+    for n in graph.nodes:
+        if n.op == "scan":
+            found = _match_body(graph, n)
+            if found:
+                plans[id(n)] = found
+    if not plans:
+        return graph
+    frontier = {}       # id(top node) -> (id(scan), body node)
+    users: dict[int, list] = {}
+    for n in graph.nodes:
+        for i in n.inputs:
+            users.setdefault(id(i), []).append(n)
+    outputs = {id(y) for y in graph.outputs}
+    for sid, found in plans.items():
+        matched = {id(t) for t, _ in found}
+        for t, b in found:
+            if id(t) in outputs or any(id(u) not in matched for u in users.get(id(t), [])):
+                frontier[id(t)] = (sid, b)
+    new_scans, index_map = {}, {}
+
+    def fn(n, ins):
+        if n.op == "scan" and id(n) in plans:
+            p = n.params
+            nc, body = p["n_carry"], p["body"]
+            n_ys = len(body.outputs) - nc
+            extra = []
+            for t, b in plans[id(n)]:
+                if id(t) in frontier and b not in body.outputs[nc:] and b not in extra:
+                    extra.append(b)
+            outs = list(body.outputs[:nc + n_ys]) + extra
+            new = rebuild(n, ins, dict(p, body=Graph(body.inputs, outs)))
+            where = {id(b): nc + n_ys + k for k, b in enumerate(extra)}
+            where.update({id(y): nc + k for k, y in enumerate(body.outputs[nc:])})
+            new_scans[id(n)] = new
+            index_map[id(n)] = (nc + n_ys, len(extra), where)
+            return new
+        if n.op == "item" and id(n.inputs[0]) in new_scans:
+            start, shift, _ = index_map[id(n.inputs[0])]
+            i = n.params["index"]
+            return ag.item(new_scans[id(n.inputs[0])], i + shift if i >= start else i)
+        if id(n) in frontier:
+            sid, b = frontier[id(n)]
+            if sid in new_scans:
+                return ag.item(new_scans[sid], index_map[sid][2][id(b)])
+        return rebuild(n, ins)
+    return transform(graph, fn)
+
+
+def _key(op, params, inputs):
+    return (op, tuple(id(i) for i in inputs),
+            tuple(sorted((k, _freeze(v)) for k, v in params.items() if k != "out_types")))
+
+
+def _match_body(graph: Graph, scan: Node):
+    """[(top-level node, body node)] of the values of `graph` that are `scan`'s body
+    values, stacked over time (see `store_activations`)."""
+    p = scan.params
+    body: Graph = p["body"]
+    nc, nx, T = p["n_carry"], p["n_xs"], p["length"]
+    if p["reverse"]:
+        return []
+    n_ys = len(body.outputs) - nc
+    table = {}
+    for b in body.nodes:
+        if b.op not in ("placeholder", "scan"):
+            table.setdefault(_key(b.op, b.params, b.inputs), b)
+    # top-level value -> (body node, stacked over time?)
+    mapped = {}
+    for k, (b, v) in enumerate(zip(body.inputs, scan.inputs)):
+        if k >= nc:
+            mapped[id(v)] = (b, k < nc + nx)
+    for n in graph.nodes:
+        if n.op == "item" and n.inputs[0] is scan:
+            i = n.params["index"]
+            if nc + n_ys <= i < nc + n_ys + nc:
+                mapped[id(n)] = (body.inputs[i - nc - n_ys], True)
+            elif nc <= i < nc + n_ys:
+                mapped[id(n)] = (body.outputs[i], True)
+    found = []
+    for n in graph.nodes:
+        if id(n) in mapped or n.op in ("placeholder", "scan", "item"):
+            continue
+        if not n.inputs:                    # a constant: the body's equal constant
+            b = table.get(_key(n.op, n.params, ()))
+            if b is not None:
+                mapped[id(n)] = (b, False)
+            continue
+        if not all(id(i) in mapped for i in n.inputs):
+            continue
+        stacked = [mapped[id(i)][1] for i in n.inputs]
+        if not any(stacked):
+            continue
+        params = n.params
+        if n.op == "slice":
+            if not (stacked[0] and params["index"][:1] == (slice(None),)):
+                continue
+            params = dict(params, index=tuple(params["index"][1:]),
+                          in_shape=tuple(params["in_shape"][1:]))
+        elif n.op not in ELEMENTWISE and n.op != "matmul":
+            continue
+        b = table.get(_key(n.op, params, [mapped[id(i)][0] for i in n.inputs]))
+        if b is None or tuple(n.shape) != (T,) + tuple(b.shape):
+            continue
+        if n.op == "matmul" and not stacked[0]:
+            continue                        # only (stacked)·(invariant) keeps the layout
+        mapped[id(n)] = (b, True)
+        found.append((n, b))
+    return found
+
+
 PASSES = [("simplify", simplify), ("fold", fold), ("cse", cse), ("hoist", hoist),
-          ("weight_sums", weight_sums), ("simplify", simplify), ("cse", cse)]
+          ("weight_sums", weight_sums), ("simplify", simplify), ("cse", cse),
+          ("store_activations", store_activations)]
 
 
 def rewrite(graph: Graph, trace: bool = False):
