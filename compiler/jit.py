@@ -188,6 +188,7 @@ class Kernel:
         self.engine, addr, self.compile_seconds, self.cache_hit = jit(ir_text, use_cache)
         self._fn = _KERNEL_T(addr)   # the engine stays alive as long as this kernel
         self._layouts: dict = {}
+        self._scratch = threading.local()
         self.names = [x.name for x in graph.inputs]
 
     # ----------------------------------------------------------------- checks
@@ -256,7 +257,11 @@ class Kernel:
                       [tuple(e.evaluate(dims) for e in s) for s in prog.out_shapes])
             self._layouts[key] = layout
         nbytes, offsets, dim_arr, out_shapes = layout
-        arena = np.empty(max(nbytes, 64), dtype=np.uint8)
+        # The arena is kept between calls (per thread): a fresh one would cost the page
+        # faults of every temporary again, on each call.
+        arena = getattr(self._scratch, "arena", None)
+        if arena is None or arena.size < nbytes:
+            arena = self._scratch.arena = np.empty(max(nbytes, 64), dtype=np.uint8)
         outs = [np.empty(s, dtype=b.dtype) for s, b in zip(out_shapes, prog.outputs)]
         ins = (ctypes.c_void_p * max(len(arrays), 1))(*[_data_ptr(a) for a in arrays])
         ous = (ctypes.c_void_p * max(len(outs), 1))(*[_data_ptr(o) for o in outs])
