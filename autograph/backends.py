@@ -103,7 +103,22 @@ class Function:
         self.runner = get_backend(backend)(self.graph)
         self._names = [x.name for x in self.graph.inputs]
 
-    def __call__(self, *args, **kwargs):
+    def bind(self, *args, **kwargs) -> "Bound":
+        """Prepare repeated calls on the same arrays: checks, allocation and (on the
+        compiled backend) pointer conversion happen once, here.
+
+        ``step = f.bind(x, h, *params)``; then change the arrays' values in place
+        (``step.inputs["x"][...] = next_x``) and call ``step()``, which returns the same
+        output arrays every time, overwritten. Inputs that were not C-contiguous arrays
+        of the right dtype are bound as copies: write into ``step.inputs[name]``.
+        For a single step of a small recurrent cell this is the low-latency path.
+        """
+        arrays, dims = bind_inputs(self.graph.inputs, self._gather(args, kwargs))
+        arrays = [a if a.flags.c_contiguous and a.flags.aligned and a.flags.writeable
+                  else np.array(a, order="C") for a in arrays]
+        return Bound(self, arrays, dims)
+
+    def _gather(self, args, kwargs) -> list:
         inputs = self.graph.inputs
         if len(args) > len(inputs):
             raise InputError(f"expected at most {len(inputs)} inputs "
@@ -119,7 +134,10 @@ class Function:
         if missing:
             raise InputError(f"missing input(s) {', '.join(map(repr, missing))}; "
                              f"the inputs are {', '.join(self._names)}")
-        arrays, dims = bind_inputs(inputs, [given[n] for n in self._names])
+        return [given[n] for n in self._names]
+
+    def __call__(self, *args, **kwargs):
+        arrays, dims = bind_inputs(self.graph.inputs, self._gather(args, kwargs))
         outs = self.runner(arrays, dims)
         # Hand back arrays the caller owns: copy views, read-only graph constants,
         # the caller's own input arrays (an output that is an input) and repeats.
@@ -137,6 +155,34 @@ class Function:
 
     def __repr__(self):
         return f"<Function {self._names} -> {len(self.graph.outputs)} outputs, {self.backend}>"
+
+
+class Bound:
+    """A `Function` bound to arrays (`Function.bind`): ``bound()`` runs it on their
+    current values and returns the output arrays, the same ones every call."""
+
+    def __init__(self, fn: Function, arrays: list, dims: dict):
+        self.function = fn
+        self.inputs = dict(zip(fn._names, arrays))
+        bind = getattr(fn.runner, "bind", None)
+        if bind is not None:
+            self._call, self.outputs = bind(arrays, dims)
+        else:                    # any backend: run, then copy into the bound outputs
+            first = [np.array(o) for o in fn.runner(arrays, dims)]
+            self.outputs = first
+
+            def call():
+                for dst, src in zip(self.outputs, fn.runner(arrays, dims)):
+                    np.copyto(dst, src)
+                return self.outputs
+            self._call = call
+
+    def __call__(self):
+        outs = self._call()
+        return outs[0] if self.function.single else outs
+
+    def __repr__(self):
+        return f"<Bound {self.function!r}>"
 
 
 def function(inputs, outputs, backend: str = "numpy") -> Function:

@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import importlib.util
 import os
 import pathlib
 import sys
 import tempfile
 import time
-import tracemalloc
 
 import numpy as np
 
@@ -201,26 +199,25 @@ def compile_report(dtype, log):
 
 
 def memory_report(cell, size, dtype, log):
-    """Peak memory of one compiled step (arena and outputs, through tracemalloc, which
-    sees NumPy's allocations) against what the step must hold: the activations stored
-    for the backward pass, the parameters and their gradients, the inputs."""
+    """Memory of one compiled step: the kernel's arena (every temporary, the activations
+    stored for the backward pass included; kept between calls) and its outputs (loss and
+    gradients), against the parameters, the inputs and one [T, B, H] activation."""
     B, T, D, H = SIZES[size]
     ours = Ours(cell, D, H, dtype, "llvm")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((T, B, D)).astype(dtype)
     y = rng.standard_normal((T, B, D)).astype(dtype)
-    ours(x, y)
-    gc.collect()
-    tracemalloc.start()
-    ours(x, y)
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
+    outs = ours.fn(x, y, *ours.params)
+    kernel = ours.fn.runner.kernel
+    arena = kernel.prog.arena_layout({"T": T, "B": B})[0]
     item = np.dtype(dtype).itemsize
     n_params = sum(p.size for p in ours.params)
-    log(f"| {cell} {size} {dtype} | peak during a step {peak / 2**20:.2f} MiB | "
-        f"parameters {n_params * item / 2**20:.2f} MiB, gradients the same, "
-        f"inputs {2 * x.nbytes / 2**20:.2f} MiB, one [T,B,H] activation "
-        f"{T * B * H * item / 2**20:.2f} MiB |")
+    act = T * B * H * item
+    mib = 2 ** 20
+    log(f"| {cell} {size} {dtype} | arena {arena / mib:.1f} MiB (= {arena / act:.1f} "
+        f"[T,B,H] activations of {act / mib:.1f} MiB) | outputs "
+        f"{sum(o.nbytes for o in outs) / mib:.1f} MiB | parameters {n_params * item / mib:.1f} "
+        f"MiB | inputs x, y {2 * x.nbytes / mib:.1f} MiB |")
 
 
 def latency_report(cell, dtype, repeat, log):

@@ -220,7 +220,8 @@ class Emitter:
 
     def emit_MatMul(self, s: MatMul):
         """
-        if BLAS applies and M·N·K ≥ BLAS_MIN_WORK:  for batch…: gemm(A, B, out)
+        if BLAS applies and (B is transposed or M·N·K ≥ BLAS_MIN_WORK):
+            for batch…: gemm(A, B, out)
         else: for batch…: for i < M: out[i, :] = 0; for k < K: a = A[i, k];
                                       for j < N: out[i, j] += a·B[k, j]
         """
@@ -231,9 +232,22 @@ class Emitter:
             return
         M, N, K = (self.ex(e) for e in (out.shape[-2], out.shape[-1], A.shape[-1]))
         b = self.b
-        work = b.mul(b.mul(M, N), K)
-        big = b.icmp_signed(">=", work, self.i64(blas.BLAS_MIN_WORK))
-        with b.if_else(big) as (then, otherwise):
+        # B read across its rows would make the loops stride through memory, which
+        # costs more than a library call even for the smallest products
+        if layout[1][0] == blas.TRANS:
+            use = ir.Constant(I1, 1)
+        else:
+            work = b.mul(b.mul(M, N), K)
+            use = b.icmp_signed(">=", work, self.i64(blas.BLAS_MIN_WORK))
+        # the library's argument rules: no empty sizes, leading dimensions ≥ the rows
+        (ta, lda), (tb, ldb), ldc = layout
+        need = [(lda, K if ta == blas.NO_TRANS else M), (ldb, N if tb == blas.NO_TRANS else K),
+                (ldc, N)]
+        for dim in (M, N, K):
+            use = b.and_(use, b.icmp_signed(">", dim, self.i64(0)))
+        for ld, rows in need:
+            use = b.and_(use, b.icmp_signed(">=", self.ex(ld), rows))
+        with b.if_else(use) as (then, otherwise):
             with then:
                 self._matmul_blas(s, layout, M, N, K)
             with otherwise:

@@ -27,6 +27,9 @@ class Compiled:
     def __call__(self, arrays, dims):
         return self.kernel.run(arrays, dims)
 
+    def bind(self, arrays, dims):
+        return self.kernel.bind(arrays, dims)
+
 
 def build(graph: Graph):
     """(rewritten graph, planned program, LLVM IR text, timings)."""

@@ -353,3 +353,53 @@ def test_stages_show_every_step(capsys):
     assert set(st_) == {"graph", "rewritten", "loop_ir", "llvm_ir", "optimized_ir", "assembly"}
     assert "matmul" in st_["loop_ir"] and "define void @\"kernel\"" in st_["llvm_ir"]
     assert "ret" in st_["assembly"]
+
+
+# ----------------------------------------------------------------------------- bound calls
+
+@pytest.mark.parametrize("backend", ["llvm", "numpy"])
+def test_bound_calls_rerun_on_the_arrays_current_values(backend):
+    x = ag.placeholder("x", ("B", 3))
+    h = ag.placeholder("h", ("B", 4))
+    W, U = ag.placeholder("W", (4, 4)), ag.placeholder("U", (3, 4))
+    h2 = ag.tanh(x @ U + h @ W)
+    f = ag.function([x, h, W, U], [h2, ag.sum(h2)], backend=backend)
+    rng = np.random.default_rng(0)
+    xv, hv = rng.normal(size=(1, 3)), rng.normal(size=(1, 4))
+    Wv, Uv = rng.normal(size=(4, 4)).T, rng.normal(size=(3, 4))   # W: not C-contiguous
+    step = f.bind(xv, hv, Wv, Uv)
+    assert step.inputs["x"] is xv and step.inputs["W"] is not Wv  # W was copied
+    first = step()
+    for r, g in zip(f(xv, hv, Wv, Uv), first):
+        close(r, g)
+    for _ in range(3):                        # feed the state back, as in generation
+        xv[...] = rng.normal(size=(1, 3))
+        hv[...] = first[0]
+        want = f(xv, hv, Wv, Uv)
+        got = step()
+        assert got[0] is first[0]             # the same output arrays, overwritten
+        for r, g in zip(want, got):
+            close(r, g)
+
+
+def test_bound_call_reports_runtime_errors_and_recovers():
+    E = ag.placeholder("E", (5, 2))
+    ids = ag.placeholder("ids", ("N",), "int64")
+    f = ag.function([E, ids], [ag.take(E, ids)], backend="llvm")
+    ev, iv = np.arange(10.0).reshape(5, 2), np.array([1, 4])
+    step = f.bind(ev, iv)
+    np.testing.assert_array_equal(step()[0], ev[[1, 4]])
+    iv[1] = 9
+    with pytest.raises(ag.InputError, match="index 9 is out of range"):
+        step()
+    iv[1] = 2
+    np.testing.assert_array_equal(step()[0], ev[[1, 2]])
+
+
+def test_bind_checks_its_arguments_like_a_call():
+    x = ag.placeholder("x", ("B", 3))
+    f = ag.function([x], [x * 2.0], backend="llvm")
+    with pytest.raises(ag.InputError, match="'x' expects dtype float64"):
+        f.bind(np.ones((2, 3), np.float32))
+    with pytest.raises(ag.InputError, match="missing input"):
+        f.bind()

@@ -1,0 +1,58 @@
+"""The benchmark program runs end to end at the smallest size: it checks every
+implementation against the interpreter before timing, and prints every section."""
+import importlib.util
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def load():
+    spec = importlib.util.spec_from_file_location("bench_workload", ROOT / "bench" / "workload.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_prints_every_implementation_and_section(capsys):
+    pytest.importorskip("torch")
+    pytest.importorskip("jax")
+    bench = load()
+    assert bench.main(["--cells", "gru", "--sizes", "tiny", "--dtypes", "float64",
+                       "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    for name in ("ours (llvm)", "ours (numpy backend)", "numpy BPTT", "torch eager", "jax jit"):
+        assert f"| gru | tiny | float64 | {name} |" in out
+    for section in ("against the fastest reference", "compile time", "peak memory",
+                    "single-step inference latency"):
+        assert section in out
+    assert "one kernel: True" in out
+
+
+def test_flop_count_matches_a_hand_count():
+    bench = load()
+    # Elman, B=T=D=H=1: forward 3 products, backward 5, two flops each
+    assert bench.step_flops("elman", 1, 1, 1, 1) == 2 * (3 + 5)
+    B, T, D, H = 2, 3, 4, 5
+    G = 4 * H
+    fwd = D * G + H * G + H * D
+    bwd = D * G + 2 * H * G + 2 * H * D
+    assert bench.step_flops("lstm", B, T, D, H) == 2 * T * B * (fwd + bwd)
+
+
+def test_bench_rejects_bad_arguments(capsys):
+    bench = load()
+    with pytest.raises(SystemExit):
+        bench.main(["--sizes", "huge"])
+    with pytest.raises(SystemExit):
+        bench.main(["--repeat", "0"])
+    assert "repeat" in capsys.readouterr().err
+
+
+def test_autograph_bench_command_runs_the_program(capsys):
+    from autograph.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--help"])
+    assert e.value.code == 0
+    assert "usage: autograph bench" in capsys.readouterr().out
