@@ -62,7 +62,8 @@ def optimize(ir_text: str):
         pto = llvm.create_pipeline_tuning_options(speed_level=OPT_LEVEL)
         pto.loop_vectorization = True
         pto.slp_vectorization = True
-        pto.loop_unrolling = False   # halves compile time; the vectorizer still interleaves
+        pto.loop_unrolling = False   # halves compile time
+        pto.loop_interleaving = False  # a third less code to optimize and emit (compile time)
         pb = llvm.create_pass_builder(target_machine()[0], pto)
         mpm = pb.getModulePassManager()
         mpm.run(mod, pb)
