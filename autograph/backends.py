@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import BackendError, InputError
-from .graph import Graph, Node
+from .graph import DTYPES, Graph, Node
 
 _BACKENDS: dict[str, Callable[[Graph], Callable]] = {}
 # Backends that register themselves when their package is imported, so that
@@ -48,6 +48,9 @@ def available_backends() -> list[str]:
     return sorted(_BACKENDS)
 
 
+_DTYPES = {name: np.dtype(name) for name in DTYPES}   # compared as objects: fast
+
+
 def bind_inputs(inputs: Sequence[Node], arrays: Sequence) -> tuple[list, dict]:
     """Check each array against its placeholder; return arrays and the dim binding.
 
@@ -65,7 +68,7 @@ def bind_inputs(inputs: Sequence[Node], arrays: Sequence) -> tuple[list, dict]:
         except Exception as e:  # ragged lists and other things NumPy refuses
             raise InputError(f"input {x.name!r}: cannot make an array of it ({e})") from None
         want = x.dtype
-        if arr.dtype.name != want:
+        if arr.dtype != _DTYPES[want]:
             if want == "int64" and arr.dtype.kind in "iu" and np.can_cast(arr.dtype, np.int64):
                 arr = arr.astype(np.int64)
             elif want == "float64" and arr.dtype.kind in "iu" and not isinstance(a, np.ndarray):

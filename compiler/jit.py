@@ -206,7 +206,7 @@ class Kernel:
         for x, a in zip(self.graph.inputs, arrays):
             if not isinstance(a, np.ndarray):
                 raise InputError(f"input {x.name!r}: expected a NumPy array, got {type(a).__name__}")
-            if a.dtype.name != x.dtype:
+            if a.dtype != np.dtype(x.dtype):
                 raise InputError(f"input {x.name!r} expects dtype {x.dtype}, got {a.dtype.name}")
             if a.ndim != len(x.shape):
                 raise InputError(f"input {x.name!r} expects {len(x.shape)} dims "
@@ -256,26 +256,37 @@ class Kernel:
         if layout is None:
             self.check_dims(dims)
             nbytes, offsets = prog.arena_layout(dims)
-            layout = (nbytes, np.array(offsets or [0], dtype=np.int64),
-                      np.array([dims[d] for d in prog.dims] or [0], dtype=np.int64),
-                      [tuple(e.evaluate(dims) for e in s) for s in prog.out_shapes])
+            offsets = np.array(offsets or [0], dtype=np.int64)
+            dim_arr = np.array([dims[d] for d in prog.dims] or [0], dtype=np.int64)
+            layout = (nbytes, offsets, dim_arr, _data_ptr(dim_arr), _data_ptr(offsets),
+                      [(tuple(e.evaluate(dims) for e in s), np.dtype(b.dtype))
+                       for s, b in zip(prog.out_shapes, prog.outputs)])
             self._layouts[key] = layout
-        nbytes, offsets, dim_arr, out_shapes = layout
+        nbytes, _, _, dim_ptr, off_ptr, out_specs = layout
+        local = self._scratch
         # The arena is kept between calls (per thread): a fresh one would cost the page
         # faults of every temporary again, on each call.
-        arena = getattr(self._scratch, "arena", None)
-        if arena is None or arena.size < nbytes:
-            arena = self._scratch.arena = np.empty(max(nbytes, 64), dtype=np.uint8)
-        outs = [np.empty(s, dtype=b.dtype) for s, b in zip(out_shapes, prog.outputs)]
-        ins = (ctypes.c_void_p * max(len(arrays), 1))(*[_data_ptr(a) for a in arrays])
+        if getattr(local, "arena", None) is None or local.arena.size < nbytes:
+            local.arena = np.empty(max(nbytes, 64), dtype=np.uint8)
+            local.arena_ptr = _data_ptr(local.arena)
+            local.status = (ctypes.c_int64 * 2)()
+            local.ins = (ctypes.c_void_p * max(len(arrays), 1))()
+            local.last = [None] * len(arrays)   # arrays whose pointers `ins` holds
+        ins, last = local.ins, local.last
+        for i, a in enumerate(arrays):
+            if a is not last[i]:        # parameters are the same arrays call after call
+                ins[i] = _data_ptr(a)
+                last[i] = a             # (held, so the address stays theirs)
+        outs = [np.empty(shape, dtype) for shape, dtype in out_specs]
         ous = (ctypes.c_void_p * max(len(outs), 1))(*[_data_ptr(o) for o in outs])
-        status = np.zeros(2, dtype=np.int64)
-        self._fn(_data_ptr(dim_arr), ctypes.addressof(ins), ctypes.addressof(ous),
-                 _data_ptr(arena), _data_ptr(offsets), _data_ptr(status))
+        status = local.status
+        self._fn(dim_ptr, ctypes.addressof(ins), ctypes.addressof(ous), local.arena_ptr,
+                 off_ptr, ctypes.addressof(status))
         if status[0]:
-            code = int(status[0])
+            code, value = status[0], status[1]
+            status[0] = 0
             message = prog.errors[code // 1000][code % 1000]
-            raise InputError(message.format(value=int(status[1])))
+            raise InputError(message.format(value=int(value)))
         return outs
 
     def bind(self, arrays, dims):
