@@ -123,7 +123,50 @@ def _simplify(n: Node, ins) -> Node:
         return ins[0]
     if op == "slice" and all(isinstance(i, slice) and i == slice(None) for i in n.params["index"]):
         return ins[0]
+    if op == "add":
+        joined = _join_unslices(n, ins)
+        if joined is not None:
+            return joined
     return rebuild(n, ins)
+
+
+def _join_unslices(n: Node, ins):
+    """unslice(a, [:, 0:H]) + unslice(b, [:, H:2H]) + … covering the whole axis is
+    concat(a, b, …): the gradient of the gates of a cell, gathered without zero-filling
+    and adding four arrays."""
+    leaves, stack = [], list(ins)
+    while stack:
+        x = stack.pop()
+        if x.op == "add" and x.shape == n.shape and all(i.shape == n.shape for i in x.inputs):
+            stack.extend(x.inputs)
+        elif x.op == "unslice" and tuple(x.params["in_shape"]) == tuple(n.shape) \
+                and x.dtype == n.dtype:
+            leaves.append(x)
+        else:
+            return None
+    if len(leaves) < 2:
+        return None
+    axis, parts = None, []
+    for u in leaves:
+        index = tuple(u.params["index"])
+        if len(index) != n.ndim or not all(isinstance(i, slice) for i in index):
+            return None
+        cut = [k for k, i in enumerate(index) if i != slice(None)]
+        if len(cut) != 1:
+            return None
+        k = cut[0]
+        sl = index[k]
+        if (axis is not None and k != axis) or sl.step not in (None, 1) \
+                or not isinstance(sl.start, int) or not isinstance(sl.stop, int):
+            return None
+        axis = k
+        parts.append((sl.start, sl.stop, u.inputs[0]))
+    size = n.shape[axis]
+    parts.sort(key=lambda t: t[0])
+    if not isinstance(size, int) or parts[0][0] != 0 or parts[-1][1] != size or \
+            any(a[1] != b[0] for a, b in zip(parts, parts[1:])):
+        return None
+    return make("concat", tuple(x for _, _, x in parts), {"axis": axis}, n.name)
 
 
 simplify = pass_over(_simplify)
@@ -357,6 +400,27 @@ def _weight_sums_scan(n: Node, replace: dict) -> Node:
     return new
 
 
+# ----------------------------------------------------------------------------- duplicate outputs
+
+def dedupe_outputs(graph: Graph) -> Graph:
+    """A scan whose body yields the same value twice (the reverse loop of a gradient
+    yields δ_t once per weight it feeds) is read through its first copy only, so the
+    loop stores it once."""
+    def fn(n, ins):
+        if n.op == "item":
+            s = ins[0]
+            if s.op == "scan":
+                p = s.params
+                nc, outs = p["n_carry"], p["body"].outputs
+                i = n.params["index"]
+                if nc <= i < len(outs):
+                    first = next(k for k in range(nc, len(outs)) if outs[k] is outs[i])
+                    if first != i:
+                        return ag.item(s, first)
+        return rebuild(n, ins)
+    return transform(graph, fn)
+
+
 # ----------------------------------------------------------------------------- stored activations
 
 def store_activations(graph: Graph) -> Graph:
@@ -482,7 +546,8 @@ def _match_body(graph: Graph, scan: Node):
 
 
 PASSES = [("simplify", simplify), ("fold", fold), ("cse", cse), ("hoist", hoist),
-          ("weight_sums", weight_sums), ("simplify", simplify), ("cse", cse),
+          ("weight_sums", weight_sums), ("dedupe_outputs", dedupe_outputs),
+          ("simplify", simplify), ("cse", cse),
           ("store_activations", store_activations)]
 
 
