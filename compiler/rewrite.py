@@ -18,6 +18,8 @@ them all, and `rewrite(graph, trace=True)` also returns each stage for printing.
 """
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 import autograph as ag
@@ -400,6 +402,93 @@ def _weight_sums_scan(n: Node, replace: dict) -> Node:
     return new
 
 
+# ----------------------------------------------------------------------------- sink
+
+def sink(graph: Graph) -> Graph:
+    """The inverse of `hoist` for cheap work: an elementwise value over all steps that
+    only one loop reads (the derivative σ(1 − σ) of stored gates, say) is computed in
+    that loop, step by step, fused with its neighbours — instead of being stored as a
+    [T, …] array and read back. Products and reductions stay hoisted."""
+    for _ in range(256):                    # one link of each chain per round
+        users: dict[int, list] = {}
+        for n in graph.nodes:
+            for i in n.inputs:
+                users.setdefault(id(i), []).append(n)
+        outputs = {id(y) for y in graph.outputs}
+        changed = []
+
+        def fn(n, ins):
+            n2 = rebuild(n, ins)
+            if n.op == "scan" and n2 is n:
+                m = _sink_one(n, users, outputs)
+                if m is not None:
+                    changed.append(m)
+                    return m
+            return n2
+        graph = transform(graph, fn)
+        if not changed:
+            return graph
+    return graph
+
+
+_SUNK = itertools.count()
+
+
+def _sink_one(n: Node, users, outputs) -> Node | None:
+    p = n.params
+    body: Graph = p["body"]
+    nc, nx = p["n_carry"], p["n_xs"]
+    T = p["length"]
+    init, xs, consts = n.inputs[:nc], n.inputs[nc:nc + nx], n.inputs[nc + nx:]
+    for j, v in enumerate(xs):
+        if v.op not in ELEMENTWISE or id(v) in outputs or not v.inputs:
+            continue
+        if any(u is not n for u in users.get(id(v), [])) or list(n.inputs).count(v) != 1:
+            continue
+        kinds = []
+        for i in v.inputs:
+            if i.ndim == v.ndim and i.shape[0] == T and v.shape[0] == T:
+                kinds.append("seq")
+            elif i.ndim < v.ndim:
+                kinds.append("inv")
+            else:
+                kinds = None
+                break
+        if not kinds or "seq" not in kinds:
+            continue
+        # the body gets v's inputs (sequence slices or invariants) and computes v itself
+        new_x, new_k, args = [], [], []
+        for i, kind in zip(v.inputs, kinds):
+            outer, inner = (xs, body.inputs[nc:nc + nx]) if kind == "seq" else \
+                (consts, body.inputs[nc + nx:])
+            known = [b for o, b in zip(outer, inner) if o is i and o is not v]
+            if known:                       # already a sequence / invariant of the loop
+                args.append(known[0])
+                continue
+            ph = ag.placeholder(f"{i.name or i.op}_sunk{next(_SUNK)}",
+                                i.shape[1:] if kind == "seq" else i.shape, i.dtype)
+            (new_x if kind == "seq" else new_k).append((ph, i))
+            args.append(ph)
+        step_v = make(v.op, tuple(args), dict(v.params))
+        old_in = body.inputs[nc + j]
+        memo = {id(old_in): step_v}
+        for b in body.inputs:
+            memo.setdefault(id(b), b)
+        for b in body.nodes:
+            if id(b) not in memo:
+                memo[id(b)] = rebuild(b, [memo[id(i)] for i in b.inputs])
+        outs = [memo[id(y)] for y in body.outputs]
+        x_in = [b for k, b in enumerate(body.inputs[nc:nc + nx]) if k != j]
+        xs2 = [x for k, x in enumerate(xs) if k != j]
+        body2 = Graph(list(body.inputs[:nc]) + x_in + [ph for ph, _ in new_x]
+                      + list(body.inputs[nc + nx:]) + [ph for ph, _ in new_k], outs)
+        params = dict(p, body=body2, n_xs=len(x_in) + len(new_x),
+                      n_consts=len(consts) + len(new_k))
+        return rebuild(n, list(init) + xs2 + [i for _, i in new_x] + list(consts)
+                       + [i for _, i in new_k], params)
+    return None
+
+
 # ----------------------------------------------------------------------------- duplicate outputs
 
 def dedupe_outputs(graph: Graph) -> Graph:
@@ -548,7 +637,7 @@ def _match_body(graph: Graph, scan: Node):
 PASSES = [("simplify", simplify), ("fold", fold), ("cse", cse), ("hoist", hoist),
           ("weight_sums", weight_sums), ("dedupe_outputs", dedupe_outputs),
           ("simplify", simplify), ("cse", cse),
-          ("store_activations", store_activations)]
+          ("store_activations", store_activations), ("sink", sink), ("cse", cse)]
 
 
 def rewrite(graph: Graph, trace: bool = False):
