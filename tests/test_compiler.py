@@ -87,6 +87,13 @@ def test_random_recurrences_forward_and_backward(T, B, H, ops, mix, reverse, see
     D = 3
     if dtype == "float32":   # float32 rounding, amplified by exp∘exp, is not a compiler bug
         ops = [op if op in WELL_CONDITIONED else "tanh" for op in ops]
+    elif ops.count("exp") > 2:
+        # exp∘exp∘exp multiplies a last-bit difference between two correct exps (NumPy's
+        # and libmvec's differ by ≤ 2 ulp, tested above) by u·e^u ≈ 10^4: such a chain
+        # cannot agree to 1e-12 whoever computes it. Two exps amplify by ≤ ~20.
+        first_two = {i for i, op in enumerate(ops) if op == "exp"}
+        first_two = set(sorted(first_two)[:2])
+        ops = [op if op != "exp" or i in first_two else "tanh" for i, op in enumerate(ops)]
     x = ag.placeholder("x", ("T", "B", D), dtype)
     s0 = ag.placeholder("s0", ("B", H), dtype)
     U, W = ag.placeholder("U", (D, H), dtype), ag.placeholder("W", (H, H), dtype)
