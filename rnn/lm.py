@@ -119,12 +119,22 @@ def sample(graphs: LMGraphs, model: LanguageModel, vocab: Vocab, prime: str, len
         raise ValueError(f"temperature must be positive, got {temperature!r}")
     rng = np.random.default_rng(seed)
     params = list(model.state_dict().values())
-    state = model.zero_state(1)
+    state = [np.ascontiguousarray(s) for s in model.zero_state(1)]
+    token = np.zeros((1, 1), dtype=np.int64)
+    step = graphs.sampler.bind(token, *state, *params)   # one prepared call per token
     prime_ids = vocab.encode(char_tokens(prime or "\n"))
+
+    def advance(tok):
+        token[0, 0] = tok
+        logits, *new_state = step()
+        for s, n in zip(state, new_state):
+            s[...] = n                  # the state is fed back in place
+        return logits
+
     out = []
     logits = None
     for tok in prime_ids:
-        logits, *state = graphs.sampler(np.array([[tok]]), *state, *params)
+        logits = advance(tok)
     for _ in range(length):
         z = logits[0] / temperature
         p = np.exp(z - z.max())
@@ -132,7 +142,7 @@ def sample(graphs: LMGraphs, model: LanguageModel, vocab: Vocab, prime: str, len
         p /= p.sum()
         tok = int(rng.choice(len(p), p=p))
         out.append(vocab.tokens[tok])
-        logits, *state = graphs.sampler(np.array([[tok]]), *state, *params)
+        logits = advance(tok)
     return "".join(t if len(t) == 1 else "" for t in out)
 
 
