@@ -54,11 +54,23 @@ def test_every_elementwise_op_has_a_scalar_rule():
 
 def test_core_test_suite_agrees_when_run_through_the_compiler(tmp_path):
     """Run the core's own test files with every graph also compiled and compared."""
+    _run_differential(tmp_path, ["tests/test_ops.py", "tests/test_grad_of_grad.py",
+                                 "tests/test_scan.py", "tests/test_function.py",
+                                 "tests/test_errors.py", "tests/test_hypothesis.py",
+                                 "tests/test_rnn_cells.py"])
+
+
+def test_rnn_test_suite_agrees_when_run_through_the_compiler(tmp_path):
+    """The same for the rnn tests: cells loaded from PyTorch state dicts (stacked,
+    bidirectional, masked), the architectures (seq2seq with attention, classifiers,
+    taggers) and the training steps — every graph compiled and compared at 1e-12."""
+    _run_differential(tmp_path, ["tests/test_rnn_torch.py", "tests/test_architectures.py",
+                                 "tests/test_rnn_training.py"])
+
+
+def _run_differential(tmp_path, files):
     env = dict(os.environ, AUTOGRAPH_DIFF_BACKEND="llvm",
                AUTOGRAPH_CACHE_DIR=str(tmp_path / "diff-cache"))
-    files = ["tests/test_ops.py", "tests/test_grad_of_grad.py", "tests/test_scan.py",
-             "tests/test_function.py", "tests/test_errors.py", "tests/test_hypothesis.py",
-             "tests/test_rnn_cells.py"]
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
                            *files], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=1800)
