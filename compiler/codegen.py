@@ -276,6 +276,8 @@ class Emitter:
         self.nest(out.shape[:nb], call)
 
     def _matmul_loops(self, s: MatMul):
+        if self._matmul_rows(s):
+            return
         out, A, B = s.out, s.a, s.b
         nb = out.ndim - 2
         M, N, K = out.shape[-2], out.shape[-1], A.shape[-1]
@@ -299,6 +301,54 @@ class Emitter:
                 self.loop(self.ex(K), inner, "k")
             self.loop(self.ex(M), row, "m")
         self.nest(out.shape[:nb], per_batch)
+
+    def _matmul_rows(self, s: MatMul) -> bool:
+        """out[i, :] = Σ_k A[i, k]·B[k, :] with the row of out held in vector registers:
+        per k one broadcast of A[i, k] and N/L multiply-adds on rows of B, no load or
+        store of out inside the k loop. Used when N is a compile-time multiple of the
+        vector width L and fits in 16 registers, and rows of B and out are contiguous."""
+        out, A, B = s.out, s.a, s.b
+        N = out.shape[-1]
+        one = Expr.of(1)
+        if out.dtype not in FLOATS or not N.is_const or B.strides[-1] != one \
+                or out.strides[-1] != one:
+            return False
+        host = vecmath.isa()
+        width = (host[1] if host else 16) // (4 if out.dtype == "float32" else 8)
+        n = N.const
+        if n % width or not 0 < n // width <= 16:
+            return False
+        b = self.b
+        ty = REG[out.dtype]
+        vty = ir.VectorType(ty, width)
+        with b.goto_entry_block():      # promoted to registers by mem2reg
+            accs = [b.alloca(vty, name=f"acc{v}") for v in range(n // width)]
+        zero = ir.Constant(vty, [0.0] * width)
+        nb = out.ndim - 2
+        undef = ir.Constant(vty, ir.Undefined)
+        splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
+
+        def per_batch(bidx):
+            def row(i):
+                for acc in accs:
+                    b.store(zero, acc)
+
+                def inner(k):
+                    a = self.load(A, bidx + (i, k))
+                    a = b.shuffle_vector(b.insert_element(undef, a, ir.Constant(I64, 0)),
+                                         undef, splat_mask)
+                    for v, acc in enumerate(accs):
+                        row_k = b.load(self.ptr(B, bidx + (k, self.i64(v * width))), typ=vty,
+                                       align=out_align)
+                        b.store(b.fadd(b.load(acc, typ=vty), b.fmul(a, row_k)), acc)
+                self.loop(self.ex(A.shape[-1]), inner, "k")
+                for v, acc in enumerate(accs):
+                    b.store(b.load(acc, typ=vty), self.ptr(out, bidx + (i, self.i64(v * width))),
+                            align=out_align)
+            self.loop(self.ex(out.shape[-2]), row, "m")
+        out_align = 4 if out.dtype == "float32" else 8
+        self.nest(out.shape[:nb], per_batch)
+        return True
 
     def emit_ScatterAdd(self, s: ScatterAdd):
         lead = s.idx.ndim
