@@ -213,6 +213,28 @@ def test_matrix_products_agree_on_both_sides_of_the_blas_threshold(dtype):
             close(r, g, 1e-12 if dtype == "float64" else 2e-5)
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("N", [8, 16, 32, 64, 128])
+def test_small_products_with_register_rows(dtype, N):
+    """Below the BLAS threshold, products whose row width N is a static multiple of the
+    vector width keep the output row in registers; every M, K (0 and 1 included),
+    a transposed A, and a batch of products, against NumPy."""
+    a = ag.placeholder("a", ("M", "K"), dtype)
+    at = ag.placeholder("at", ("K", "M"), dtype)
+    b = ag.placeholder("b", ("K", N), dtype)
+    c = ag.placeholder("c", ("P", "M", "K"), dtype)
+    cb = ag.placeholder("cb", ("P", "K", N), dtype)
+    outs = [a @ b, at.T @ b, c @ cb]
+    f = ag.function([a, at, b, c, cb], outs, backend="llvm")
+    g = ag.function([a, at, b, c, cb], outs)
+    rng = np.random.default_rng(N)
+    for M, K in [(1, 1), (1, 7), (3, 0), (0, 5), (2, 33)]:
+        args = [rng.normal(size=s).astype(dtype)
+                for s in ((M, K), (K, M), (K, N), (2, M, K), (2, K, N))]
+        for r, q in zip(g(*args), f(*args)):
+            close(r, q, 1e-12 if dtype == "float64" else 2e-5)
+
+
 @pytest.mark.parametrize("kind", ["elman", "lstm", "gru"])
 def test_training_steps_from_torch_weights_match_the_interpreter(kind):
     """The workload's training step at a size where the products go to BLAS, with weights
