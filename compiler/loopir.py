@@ -26,6 +26,13 @@ ITEMSIZE = {"float32": 4, "float64": 8, "int64": 8, "bool": 1}
 
 # ----------------------------------------------------------------------------- buffers
 
+# Bytes left free after each arena slot. LLVM's vectorized loops test at run time that
+# the arrays they read and write are at least a few vectors apart (a conservative
+# check: `dst - src >= VF·UF·size`); two small slots side by side would fail it and send
+# every step of a B = 1 loop down the scalar path.
+SLOT_GAP = 1024
+
+
 @dataclass(eq=False)
 class Buffer:
     """A block of memory: an input, an output, a constant, or a slot of the arena."""
@@ -260,7 +267,7 @@ class Program:
         offsets, total = [], 0
         for size, itemsize in self.slots:
             offsets.append(total)
-            total += (size.evaluate(env) * itemsize + 63) // 64 * 64
+            total += (size.evaluate(env) * itemsize + 63) // 64 * 64 + SLOT_GAP
         return total, offsets
 
 
