@@ -304,7 +304,7 @@ class Emitter:
 
     def _matmul_rows(self, s: MatMul) -> bool:
         """out[i, :] = Σ_k A[i, k]·B[k, :] with the row of out held in vector registers:
-        per k one broadcast of A[i, k] and N/L multiply-adds on rows of B, no load or
+        per k one broadcast of A[i, k] and N/L fused multiply-adds on rows of B, no load or
         store of out inside the k loop. Used when N is a compile-time multiple of the
         vector width L and fits in 16 registers, and rows of B and out are contiguous."""
         out, A, B = s.out, s.a, s.b
@@ -321,29 +321,48 @@ class Emitter:
         b = self.b
         ty = REG[out.dtype]
         vty = ir.VectorType(ty, width)
+        nvec = n // width
+        # independent sets of accumulators over k hide the latency of the fused
+        # multiply-adds when the row is only one or two vectors wide
+        splits = max(1, min(4, 8 // nvec))
         with b.goto_entry_block():      # promoted to registers by mem2reg
-            accs = [b.alloca(vty, name=f"acc{v}") for v in range(n // width)]
+            accs = [[b.alloca(vty, name=f"acc{s}_{v}") for v in range(nvec)]
+                    for s in range(splits)]
         zero = ir.Constant(vty, [0.0] * width)
         nb = out.ndim - 2
         undef = ir.Constant(vty, ir.Undefined)
         splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
+        fma_name = f"llvm.fma.v{width}{'f32' if out.dtype == 'float32' else 'f64'}"
+        fma = self.module.globals.get(fma_name) or ir.Function(
+            self.module, ir.FunctionType(vty, [vty] * 3), fma_name)
+        K = self.ex(A.shape[-1])
 
         def per_batch(bidx):
             def row(i):
-                for acc in accs:
-                    b.store(zero, acc)
+                for acc_set in accs:
+                    for acc in acc_set:
+                        b.store(zero, acc)
 
-                def inner(k):
+                def update(k, acc_set):
                     a = self.load(A, bidx + (i, k))
                     a = b.shuffle_vector(b.insert_element(undef, a, ir.Constant(I64, 0)),
                                          undef, splat_mask)
-                    for v, acc in enumerate(accs):
+                    for v, acc in enumerate(acc_set):
                         row_k = b.load(self.ptr(B, bidx + (k, self.i64(v * width))), typ=vty,
                                        align=out_align)
-                        b.store(b.fadd(b.load(acc, typ=vty), b.fmul(a, row_k)), acc)
-                self.loop(self.ex(A.shape[-1]), inner, "k")
-                for v, acc in enumerate(accs):
-                    b.store(b.load(acc, typ=vty), self.ptr(out, bidx + (i, self.i64(v * width))),
+                        b.store(b.call(fma, [a, row_k, b.load(acc, typ=vty)]), acc)
+
+                def block(k2):
+                    for sp in range(splits):
+                        update(b.add(b.mul(k2, self.i64(splits)), self.i64(sp)), accs[sp])
+                self.loop(b.sdiv(K, self.i64(splits)), block, "k")
+                done = b.mul(b.sdiv(K, self.i64(splits)), self.i64(splits))
+                self.loop(b.sub(K, done), lambda r: update(b.add(done, r), accs[0]), "kr")
+                for v in range(nvec):
+                    total = b.load(accs[0][v], typ=vty)
+                    for sp in range(1, splits):
+                        total = b.fadd(total, b.load(accs[sp][v], typ=vty))
+                    b.store(total, self.ptr(out, bidx + (i, self.i64(v * width))),
                             align=out_align)
             self.loop(self.ex(out.shape[-2]), row, "m")
         out_align = 4 if out.dtype == "float32" else 8
