@@ -6,6 +6,9 @@ of it. Each function is therefore called through a small scalar wrapper
 libmvec's vector version for the host (``_ZGVeN8v_exp``: AVX-512, 8 doubles). The
 vectorizer calls the vector version on full vectors and the wrapper on the remainder.
 The wrapper is ``noinline`` so the attribute survives until vectorization.
+These few definitions are written as IR text, the one place where the compiler does
+so: `llvmlite.ir` accepts only a fixed list of function attributes, and
+``vector-function-abi-variant`` (a string attribute) is not among them.
 
 Accuracy: glibc documents at most 4 ulp for these vector functions (1 ulp for most),
 so float64 results stay within ~1e-15 relative of NumPy's. Without glibc's libmvec
