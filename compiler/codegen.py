@@ -69,13 +69,6 @@ class Emitter:
             fn = ir.Function(self.module, ir.FunctionType(ty, [ty]), full)
         return fn
 
-    def libm(self, name: str, ty):
-        full = name + ("f" if ty == F32 else "")
-        fn = self.module.globals.get(full)
-        if fn is None:
-            fn = ir.Function(self.module, ir.FunctionType(ty, [ty]), full)
-        return fn
-
     def i64(self, v: int):
         return ir.Constant(I64, int(v))
 
@@ -540,11 +533,10 @@ def _cmp(op_float, op_int, unordered=False):
     return emit
 
 
-def _unary_float(intr=None, libm=None, vec=None):
+def _unary_float(intr=None, vec=None):
     def emit(em, a, dtypes, out, p):
         ty = REG[out]
-        fn = (em.vecmath(vec, ty) if vec else em.intrinsic(intr, ty) if intr
-              else em.libm(libm, ty))
+        fn = em.vecmath(vec, ty) if vec else em.intrinsic(intr, ty)
         return em.b.call(fn, [a[0]])
     return emit
 
@@ -625,12 +617,6 @@ SCALAR = {
     "where": lambda em, a, d, out, p: em.b.select(a[0], a[1], a[2]),
     "cast": lambda em, a, d, out, p: convert(em.b, a[0], d[0], out),
 }
-
-
-def emit_module(prog: Program, name: str = "kernel") -> ir.Module:
-    """The LLVM module holding the kernel of `prog` (planned), as llvmlite built it:
-    the math wrappers are only declared (`emit_text` defines them)."""
-    return _emit(prog, name)[0]
 
 
 def emit_text(prog: Program, name: str = "kernel") -> str:
