@@ -68,7 +68,7 @@ def main(argv=None):
     rows += [(f"chain: build {len(order):,} nodes", t_build),
              ("chain: toposort", t_sort), ("chain: grad", t_chain_grad)]
 
-    print(f"| stage | median s |\n|---|---|")
+    print("| stage | median s |\n|---|---|")
     for name, t in rows:
         print(f"| {name} | {t:.3f} |")
     print(f"\nscan vs unrolled dL/dW: max relative difference {agree:.1e}")

@@ -14,7 +14,6 @@ keyed by the op's name, so every op of the core has its LLVM rule in one table.
 """
 from __future__ import annotations
 
-import math
 
 from llvmlite import ir
 
@@ -218,7 +217,7 @@ class Emitter:
         else: for batch…: for i < M: out[i, :] = 0; for k < K: a = A[i, k];
                                       for j < N: out[i, j] += a·B[k, j]
         """
-        out, A, B = s.out, s.a, s.b
+        out, A = s.out, s.a
         layout = _blas_layout(s) if s.out.dtype in FLOATS and blas.available() else None
         if layout is None:
             self._matmul_loops(s)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from autograph.graph import Graph, Node
+from autograph.graph import Graph
 
 from .expr import Expr, product, row_major
 from .loopir import (Apply, Buffer, Check, Const, Gather, Iota, Lazy, Lit, Load, Loop, Map,

@@ -2,8 +2,6 @@
 bidirectional RNNs, the output layer and embeddings."""
 from __future__ import annotations
 
-import numpy as np
-
 import autograph as ag
 
 from .cells import CELLS, Cell

@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 
 import autograph as ag
 import compiler
-from compiler import jit as jitmod
 from compiler.codegen import SCALAR
 from compiler.lower import ELEMENTWISE, LOWER
 
@@ -310,7 +309,7 @@ def test_damaged_cache_entries_are_ignored_and_rebuilt(damage, caplog):
         entry.write_bytes(data[:-10] + bytes([data[-10] ^ 0xFF]) + data[-9:])
     else:  # a valid entry of another kernel, renamed to this key
         x = ag.placeholder("x", ("B", 3))
-        other = compiler.compile_graph(ag.Graph([x], [ag.exp(x)]))
+        compiler.compile_graph(ag.Graph([x], [ag.exp(x)]))
         other_entry = next(p for p in compiler.cache_dir().glob("*.o") if p != entry)
         entry.write_bytes(other_entry.read_bytes())
     with caplog.at_level("WARNING", logger="autograph.compiler"):
