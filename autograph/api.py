@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import DTypeError, GraphError, ShapeError
-from .graph import DTYPES, FLOAT_DTYPES, Node, type_str
+from .graph import DTYPES, FLOAT_DTYPES, Node
 from .ops import describe, fail, make, norm_axes
 
 _DIM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

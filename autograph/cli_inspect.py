@@ -27,7 +27,7 @@ def _explain(args) -> int:
     print(f"\n‖∂s_T/∂s_k‖ for k = 0..T (T = {ex.T}):  "
           + " ".join(f"{v:.2e}" for v in ex.state_norms[ex.T, :ex.T + 1]))
     if "c" in ex.state_names:
-        print(f"c-only chain Π diag(f), ‖∂c_T/∂c_k‖:    "
+        print("c-only chain Π diag(f), ‖∂c_T/∂c_k‖:    "
               + " ".join(f"{v:.2e}" for v in ex.chain_norms("c")[ex.T, :ex.T + 1]))
     if args.truncate is not None:
         print(f"truncated BPTT (K = {args.truncate}): ‖g‖ = "
