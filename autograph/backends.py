@@ -115,6 +115,7 @@ class Function:
         output arrays every time, overwritten. Inputs that were not C-contiguous arrays
         of the right dtype are bound as copies: write into ``step.inputs[name]``.
         For a single step of a small recurrent cell this is the low-latency path.
+        A bound call owns its scratch memory: use one per thread.
         """
         arrays, dims = bind_inputs(self.graph.inputs, self._gather(args, kwargs))
         arrays = [a if a.flags.c_contiguous and a.flags.aligned and a.flags.writeable
