@@ -346,3 +346,26 @@ def test_scan_graph_through_function_with_keywords():
     hT_v, ys_v = f(h0=np.ones(2), xs=a)
     np.testing.assert_array_equal(hT_v, 1 + a.sum(0))
     np.testing.assert_array_equal(ys_v, np.vstack([np.ones(2), 1 + np.cumsum(a, 0)[:-1]]))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "llvm"])
+def test_repeated_calls_skip_checks_only_when_nothing_changed(backend):
+    """After a checked call, arrays of the same shapes and dtypes reuse its dim binding;
+    anything else is checked again (new sizes, a wrong dtype, a view, a list)."""
+    x = ag.placeholder("x", ("T", 3))
+    y = ag.placeholder("y", ("T", 3))
+    f = ag.function([x, y], [ag.sum(x * y, axis=1)], backend=backend)
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+    np.testing.assert_allclose(f(a, b)[0], (a * b).sum(1))
+    a2 = rng.normal(size=(4, 3))
+    np.testing.assert_allclose(f(a2, b)[0], (a2 * b).sum(1))          # same shapes
+    c, d = rng.normal(size=(6, 3)), rng.normal(size=(6, 3))
+    np.testing.assert_allclose(f(c, d)[0], (c * d).sum(1))            # new T
+    view = rng.normal(size=(3, 6)).T                                   # not contiguous
+    np.testing.assert_allclose(f(view, d)[0], (view * d).sum(1))
+    with pytest.raises(ag.InputError, match="'y' has T=4"):
+        f(c, b)
+    with pytest.raises(ag.InputError, match="expects dtype float64"):
+        f(c.astype(np.float32), d)
+    np.testing.assert_allclose(f(c.tolist(), d)[0], (c * d).sum(1))   # lists still work
