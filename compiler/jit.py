@@ -96,7 +96,8 @@ def cache_key(ir_text: str) -> str:
     tm, cpu, features, triple = target_machine()
     h = hashlib.sha256()
     for part in (ir_text, ".".join(map(str, llvm.llvm_version_info)), llvmlite.__version__,
-                 triple, cpu, features, str(OPT_LEVEL), repr(sorted(PIPELINE.items())), __version__, CACHE_FORMAT.decode()):
+                 triple, cpu, features, str(OPT_LEVEL), repr(sorted(PIPELINE.items())),
+                 __version__, CACHE_FORMAT.decode()):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()
@@ -246,10 +247,9 @@ class Kernel:
         dims = self.check_args(arrays)
         return self.run(list(arrays), dims)
 
-    def run(self, arrays, dims):
-        """Run on arrays already checked against the graph (`autograph.function`)."""
-        arrays = [a if a.flags.c_contiguous and a.flags.aligned else np.ascontiguousarray(a)
-                  for a in arrays]
+    def _layout(self, dims) -> "_Layout":
+        """Everything a call at this binding of B, T, … needs that does not depend on
+        the arrays' contents: arena size and slot offsets, the dims, output specs."""
         prog = self.prog
         key = tuple(dims.get(d, -1) for d in prog.dims)
         layout = self._layouts.get(key)
@@ -258,35 +258,45 @@ class Kernel:
             nbytes, offsets = prog.arena_layout(dims)
             offsets = np.array(offsets or [0], dtype=np.int64)
             dim_arr = np.array([dims[d] for d in prog.dims] or [0], dtype=np.int64)
-            layout = (nbytes, offsets, dim_arr, _data_ptr(dim_arr), _data_ptr(offsets),
-                      [(tuple(e.evaluate(dims) for e in s), np.dtype(b.dtype))
-                       for s, b in zip(prog.out_shapes, prog.outputs)])
-            self._layouts[key] = layout
-        nbytes, _, _, dim_ptr, off_ptr, out_specs = layout
+            outs = [(tuple(e.evaluate(dims) for e in s), np.dtype(b.dtype))
+                    for s, b in zip(prog.out_shapes, prog.outputs)]
+            layout = self._layouts[key] = _Layout(max(nbytes, 64), offsets, dim_arr, outs)
+        return layout
+
+    def _raise(self, status) -> None:
+        """The error a kernel reported through its status word (and clear it)."""
+        code, value = status[0], status[1]
+        status[0] = 0
+        message = self.prog.errors[code // 1000][code % 1000]
+        raise InputError(message.format(value=int(value)))
+
+    def run(self, arrays, dims):
+        """Run on arrays already checked against the graph (`autograph.function`)."""
+        arrays = [a if a.flags.c_contiguous and a.flags.aligned else np.ascontiguousarray(a)
+                  for a in arrays]
+        layout = self._layout(dims)
         local = self._scratch
-        # The arena is kept between calls (per thread): a fresh one would cost the page
-        # faults of every temporary again, on each call.
-        if getattr(local, "arena", None) is None or local.arena.size < nbytes:
-            local.arena = np.empty(max(nbytes, 64), dtype=np.uint8)
-            local.arena_ptr = _data_ptr(local.arena)
+        if not hasattr(local, "status"):
             local.status = (ctypes.c_int64 * 2)()
             local.ins = (ctypes.c_void_p * max(len(arrays), 1))()
-            local.last = [None] * len(arrays)   # arrays whose pointers `ins` holds
+            local.last = [None] * len(arrays)   # the arrays whose pointers `ins` holds
+            local.arena = None
+        # The arena is kept between calls (per thread): a fresh one would cost the page
+        # faults of every temporary again, on each call.
+        if local.arena is None or local.arena.size < layout.nbytes:
+            local.arena = np.empty(layout.nbytes, dtype=np.uint8)
         ins, last = local.ins, local.last
         for i, a in enumerate(arrays):
             if a is not last[i]:        # parameters are the same arrays call after call
                 ins[i] = _data_ptr(a)
                 last[i] = a             # (held, so the address stays theirs)
-        outs = [np.empty(shape, dtype) for shape, dtype in out_specs]
+        outs = [np.empty(shape, dtype) for shape, dtype in layout.outs]
         ous = (ctypes.c_void_p * max(len(outs), 1))(*[_data_ptr(o) for o in outs])
         status = local.status
-        self._fn(dim_ptr, ctypes.addressof(ins), ctypes.addressof(ous), local.arena_ptr,
-                 off_ptr, ctypes.addressof(status))
+        self._fn(layout.dims_ptr, ctypes.addressof(ins), ctypes.addressof(ous),
+                 _data_ptr(local.arena), layout.offsets_ptr, ctypes.addressof(status))
         if status[0]:
-            code, value = status[0], status[1]
-            status[0] = 0
-            message = prog.errors[code // 1000][code % 1000]
-            raise InputError(message.format(value=int(value)))
+            self._raise(status)
         return outs
 
     def bind(self, arrays, dims):
@@ -294,31 +304,34 @@ class Kernel:
         the outputs and the arena are allocated once, the pointers converted once.
         Calling the result runs the kernel on the arrays' current contents and returns
         the same output arrays each time (see `autograph.Function.bind`)."""
-        for a in arrays:
+        for name, a in zip(self.names, arrays):
             if not (a.flags.c_contiguous and a.flags.aligned):
-                raise InputError("bind needs C-contiguous aligned arrays")
-        prog = self.prog
-        self.check_dims(dims)
-        nbytes, offsets = prog.arena_layout(dims)
-        offsets = np.array(offsets or [0], dtype=np.int64)
-        dim_arr = np.array([dims[d] for d in prog.dims] or [0], dtype=np.int64)
-        arena = np.empty(max(nbytes, 64), dtype=np.uint8)
-        outs = [np.empty(tuple(e.evaluate(dims) for e in shape), dtype=b.dtype)
-                for shape, b in zip(prog.out_shapes, prog.outputs)]
+                raise InputError(f"input {name!r}: bind needs a C-contiguous aligned array; "
+                                 "pass np.ascontiguousarray(...)")
+        layout = self._layout(dims)
+        arena = np.empty(layout.nbytes, dtype=np.uint8)
+        outs = [np.empty(shape, dtype) for shape, dtype in layout.outs]
         ins = (ctypes.c_void_p * max(len(arrays), 1))(*[_data_ptr(a) for a in arrays])
         ous = (ctypes.c_void_p * max(len(outs), 1))(*[_data_ptr(o) for o in outs])
         status = (ctypes.c_int64 * 2)()
-        args = (_data_ptr(dim_arr), ctypes.addressof(ins), ctypes.addressof(ous),
-                _data_ptr(arena), _data_ptr(offsets), ctypes.addressof(status))
-        keep = (list(arrays), dim_arr, arena, offsets, ins, ous, self)   # all stay alive
-        fn, errors = self._fn, prog.errors
+        args = (layout.dims_ptr, ctypes.addressof(ins), ctypes.addressof(ous),
+                _data_ptr(arena), layout.offsets_ptr, ctypes.addressof(status))
+        keep = (list(arrays), arena, ins, ous, layout, self)   # all stay alive
+        fn = self._fn
 
         def call():
             fn(*args)
             if status[0]:
-                code, value = status[0], status[1]
-                status[0] = 0
-                raise InputError(errors[code // 1000][code % 1000].format(value=value))
+                self._raise(status)
             return outs
         call.keep = keep
         return call, outs
+
+
+class _Layout:
+    """A kernel's per-binding constants (see `Kernel._layout`); its arrays stay alive as
+    long as the layout, so their addresses can be passed to native code."""
+
+    def __init__(self, nbytes, offsets, dims, outs):
+        self.nbytes, self.offsets, self.dims, self.outs = nbytes, offsets, dims, outs
+        self.offsets_ptr, self.dims_ptr = _data_ptr(offsets), _data_ptr(dims)
