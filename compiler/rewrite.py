@@ -211,6 +211,12 @@ def _freeze(v):
     return v
 
 
+def _key(op, params, inputs):
+    """Structural identity of a node: the same op, params and input nodes."""
+    return (op, tuple(id(i) for i in inputs),
+            tuple(sorted((k, _freeze(v)) for k, v in params.items() if k != "out_types")))
+
+
 def cse(graph: Graph) -> Graph:
     """Merge nodes with the same op, inputs and params (within each graph)."""
     table: dict = {}
@@ -223,9 +229,7 @@ def cse(graph: Graph) -> Graph:
             n = rebuild(n, ins, dict(n.params, body=body))
         else:
             n = rebuild(n, ins)
-        key = (n.op, tuple(id(i) for i in n.inputs),
-               tuple(sorted((k, _freeze(v)) for k, v in n.params.items() if k != "out_types")))
-        return table.setdefault(key, n)
+        return table.setdefault(_key(n.op, n.params, n.inputs), n)
     return transform(graph, fn)
 
 
@@ -570,11 +574,6 @@ def store_activations(graph: Graph) -> Graph:
                 return ag.item(new_scans[sid], index_map[sid][2][id(b)])
         return rebuild(n, ins)
     return transform(graph, fn)
-
-
-def _key(op, params, inputs):
-    return (op, tuple(id(i) for i in inputs),
-            tuple(sorted((k, _freeze(v)) for k, v in params.items() if k != "out_types")))
 
 
 def _match_body(graph: Graph, scan: Node):
