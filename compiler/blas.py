@@ -14,17 +14,31 @@ ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 BLAS_MIN_WORK = 32 * 32 * 32     # M·N·K below which generated loops win
 
 
+def _path() -> str:
+    import os
+    import scipy_openblas64
+    return os.path.join(scipy_openblas64.get_lib_dir(), f"lib{scipy_openblas64.get_library()}.so")
+
+
 @functools.lru_cache(maxsize=None)
 def available() -> bool:
     """True when the OpenBLAS library is loaded (the package is a dependency, but a
     missing or broken install only costs speed)."""
     try:
         import llvmlite.binding as llvm
-        import scipy_openblas64
-        import os
-        path = os.path.join(scipy_openblas64.get_lib_dir(),
-                            f"lib{scipy_openblas64.get_library()}.so")
-        llvm.load_library_permanently(path)
+        llvm.load_library_permanently(_path())
         return True
     except Exception:  # ImportError, OSError, RuntimeError from LLVM
         return False
+
+
+@functools.lru_cache(maxsize=None)
+def handle():
+    """The same library through ctypes (to set its thread count), or None."""
+    if not available():
+        return None
+    try:
+        import ctypes
+        return ctypes.CDLL(_path())
+    except OSError:
+        return None

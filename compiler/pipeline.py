@@ -13,21 +13,30 @@ from .jit import Kernel, optimize, target_machine
 from .loopir import format_program
 from .lower import lower
 from .plan import plan
+from .shard import Sharder, find_plan
 from .rewrite import rewrite
 
 
 @dataclass
 class Compiled:
-    """A compiled graph: the kernel and what it took to build it."""
+    """A compiled graph: the kernel and what it took to build it. Calls run the
+    kernel whole, or in parallel shards of the batch when the graph is separable
+    and a whole call is slow enough to gain from it (`shard.py`)."""
 
     kernel: Kernel
     graph: Graph              # after rewrites
     timings: dict
+    sharder: Sharder | None = None
+    shard_note: str = ""      # why the graph cannot be sharded, when it cannot
 
     def __call__(self, arrays, dims):
+        if self.sharder is not None:
+            return self.sharder.run(arrays, dims)
         return self.kernel.run(arrays, dims)
 
     def bind(self, arrays, dims):
+        if self.sharder is not None:
+            return self.sharder.bind(arrays, dims)
         return self.kernel.bind(arrays, dims)
 
 
@@ -58,7 +67,10 @@ def compile_graph(graph: Graph, use_cache: bool = True) -> Compiled:
                            f"{type(e).__name__}: {e}") from e
     t["jit"] = kernel.compile_seconds
     t["cache_hit"] = kernel.cache_hit
-    return Compiled(kernel, g, t)
+    t0 = time.perf_counter()
+    plan, note = find_plan(graph)
+    t["shard_analysis"] = time.perf_counter() - t0
+    return Compiled(kernel, g, t, Sharder(kernel, plan) if plan else None, note or "")
 
 
 def stages(graph: Graph) -> dict:

@@ -70,7 +70,10 @@ def test_rnn_test_suite_agrees_when_run_through_the_compiler(tmp_path):
 
 
 def _run_differential(tmp_path, files):
-    env = dict(os.environ, AUTOGRAPH_DIFF_BACKEND="llvm",
+    # AUTOGRAPH_SHARD=always: every graph the batch analysis calls separable runs as
+    # two parallel shards of its batch (whenever B >= 2), so the analysis is checked
+    # on every graph of these suites, not only on the training steps.
+    env = dict(os.environ, AUTOGRAPH_DIFF_BACKEND="llvm", AUTOGRAPH_SHARD="always",
                AUTOGRAPH_CACHE_DIR=str(tmp_path / "diff-cache"))
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
                            *files], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -100,13 +103,15 @@ def test_random_recurrences_forward_and_backward(T, B, H, ops, mix, reverse, see
     D = 3
     if dtype == "float32":   # float32 rounding, amplified by exp∘exp, is not a compiler bug
         ops = [op if op in WELL_CONDITIONED else "tanh" for op in ops]
-    elif ops.count("exp") > 2:
-        # exp∘exp∘exp multiplies a last-bit difference between two correct exps (NumPy's
-        # and libmvec's differ by ≤ 2 ulp, tested above) by u·e^u ≈ 10^4: such a chain
-        # cannot agree to 1e-12 whoever computes it. Two exps amplify by ≤ ~20.
-        first_two = {i for i, op in enumerate(ops) if op == "exp"}
-        first_two = set(sorted(first_two)[:2])
-        ops = [op if op != "exp" or i in first_two else "tanh" for i, op in enumerate(ops)]
+    elif ops.count("exp") > 1:
+        # exp∘exp multiplies a last-bit difference between two correct exps (NumPy's and
+        # libmvec's differ by ≤ 2 ulp, tested above) by u·e^u, and drives the final tanh
+        # into saturation, where its VJP 1 − y² turns a 1-ulp difference in y ≈ 1 into a
+        # relative difference of ulp/(1 − y²) (found by hypothesis: 7e-11 at T=B=H=1):
+        # such a chain cannot agree to 1e-12 whoever computes it. One exp is kept.
+        kept = {i for i, op in enumerate(ops) if op == "exp"}
+        kept = set(sorted(kept)[:1])
+        ops = [op if op != "exp" or i in kept else "tanh" for i, op in enumerate(ops)]
     x = ag.placeholder("x", ("T", "B", D), dtype)
     s0 = ag.placeholder("s0", ("B", H), dtype)
     U, W = ag.placeholder("U", (D, H), dtype), ag.placeholder("W", (H, H), dtype)
