@@ -192,6 +192,7 @@ class Kernel:
         self.graph, self.prog, self.ir_text = graph, prog, ir_text
         self.engine, addr, self.compile_seconds, self.cache_hit = jit(ir_text, use_cache)
         self._fn = _KERNEL_T(addr)   # the engine stays alive as long as this kernel
+        self.address = addr
         self._layouts: dict = {}
         self._scratch = threading.local()
         self.names = [x.name for x in graph.inputs]
@@ -270,12 +271,22 @@ class Kernel:
         message = self.prog.errors[code // 1000][code % 1000]
         raise InputError(message.format(value=int(value)))
 
-    def run(self, arrays, dims):
+    def run(self, arrays, dims, scratch=None):
         """Run on arrays already checked against the graph (`autograph.function`)."""
+        args, outs, status = self.prepare(arrays, dims, scratch)
+        self._fn(*args)
+        if status[0]:
+            self._raise(status)
+        return outs
+
+    def prepare(self, arrays, dims, scratch=None):
+        """(the six native arguments, the output arrays, the status word) of a call on
+        `arrays`, using `scratch` (this thread's by default) for the arena and the
+        pointer arrays: the raw call a sharded run hands to another thread."""
         arrays = [a if a.flags.c_contiguous and a.flags.aligned else np.ascontiguousarray(a)
                   for a in arrays]
         layout = self._layout(dims)
-        local = self._scratch
+        local = self._scratch if scratch is None else scratch
         if not hasattr(local, "status"):
             local.status = (ctypes.c_int64 * 2)()
             local.ins = (ctypes.c_void_p * max(len(arrays), 1))()
@@ -291,13 +302,11 @@ class Kernel:
                 ins[i] = _data_ptr(a)
                 last[i] = a             # (held, so the address stays theirs)
         outs = [np.empty(shape, dtype) for shape, dtype in layout.outs]
-        ous = (ctypes.c_void_p * max(len(outs), 1))(*[_data_ptr(o) for o in outs])
+        local.ous = ous = (ctypes.c_void_p * max(len(outs), 1))(*[_data_ptr(o) for o in outs])
         status = local.status
-        self._fn(layout.dims_ptr, ctypes.addressof(ins), ctypes.addressof(ous),
-                 _data_ptr(local.arena), layout.offsets_ptr, ctypes.addressof(status))
-        if status[0]:
-            self._raise(status)
-        return outs
+        return ((layout.dims_ptr, ctypes.addressof(ins), ctypes.addressof(ous),
+                 _data_ptr(local.arena), layout.offsets_ptr, ctypes.addressof(status)),
+                outs, status)
 
     def bind(self, arrays, dims):
         """A call with everything prepared: `arrays` (checked, C-contiguous) stay bound,
@@ -325,6 +334,7 @@ class Kernel:
                 self._raise(status)
             return outs
         call.keep = keep
+        call.args, call.status = args, status     # the raw call (sharded bound calls)
         return call, outs
 
 

@@ -17,8 +17,10 @@ op by op, with a rule per op; an op without a rule, a nonlinear function of a
 sum (a global-norm clip in the graph), a max over the batch and the like make the
 graph not separable, and it then always runs as one call. The proof does not
 depend on the compiler: the same kernel (B is a runtime dim) runs every shard,
-in threads of one process, outside the GIL (ctypes releases it), each with its
-own scratch memory. While shards run, OpenBLAS is held to one thread per shard.
+on threads of one process, each with its own scratch memory: the caller's thread
+runs one shard, and `spin.Worker` threads run the others entirely in native code
+(posted and awaited through spinning, without the GIL and without the ~200 µs
+wake-up of a sleeping thread). While shards run, OpenBLAS is held to one thread.
 
 Whether to shard is decided by measurement, per binding of the dims: the first
 calls run whole and are timed; calls that take at least `SHARD_MIN_SECONDS`
@@ -27,23 +29,26 @@ turns sharding off. Sharded and whole calls agree to rounding.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import os
-import threading
 import time
+import types
 from dataclasses import dataclass
 
 import numpy as np
 
+from autograph.errors import InputError
 from autograph.graph import Graph
+
+from . import spin
 
 log = logging.getLogger("autograph.compiler")
 
 # A whole call at least this long is run as shards from then on (measured with
-# bench/shard_threshold.py on this 2-core machine: below it the thread hand-off
-# and the gradient sum cost more than the second core gives).
-SHARD_MIN_SECONDS = 300e-6
+# bench/shard_threshold.py on this 2-core machine: whole and sharded tie at whole
+# calls of 170–280 µs; below, the ~50 µs of hand-off, input slicing and gradient
+# sums cost more than the second core gives).
+SHARD_MIN_SECONDS = 250e-6
 TRIAL_CALLS = 2          # whole calls timed before deciding (the first pays page faults)
 
 
@@ -451,17 +456,25 @@ def thread_count() -> int:
         return os.cpu_count() or 1
 
 
-_pool = None
-_pool_lock = threading.Lock()
-
-
-def _executor(workers: int):
-    global _pool
-    with _pool_lock:
-        if _pool is None or _pool._max_workers < workers:
-            _pool = concurrent.futures.ThreadPoolExecutor(workers,
-                                                          thread_name_prefix="autograph-shard")
-        return _pool
+def _finish(kernel, posted, first):
+    """Run `first` here while the workers run their posted calls; wait for all of
+    them (also when one fails) and return every shard's outputs, or raise the first
+    error: an error of the calling thread's shard, else one a worker's status word
+    reports (each status word is cleared)."""
+    try:
+        mine = first()
+    finally:
+        errors = []
+        for w, _, status in posted:
+            w.wait()
+            if status[0]:
+                try:
+                    kernel._raise(status)
+                except InputError as e:
+                    errors.append(e)
+    if errors:
+        raise errors[0]
+    return [mine] + [outs for _, outs, _ in posted]
 
 
 def bounds(total: int, shards: int) -> list:
@@ -536,6 +549,7 @@ class Sharder:
     def __init__(self, kernel, plan: ShardPlan):
         self.kernel, self.plan = kernel, plan
         self._trials: dict = {}      # dims key -> [whole calls timed, best seconds]
+        self._scratch: list = []     # per worker: arena and pointer arrays
         self._decided: dict = {}     # dims key -> shard count (1 = whole)
 
     def _key(self, dims):
@@ -594,14 +608,28 @@ class Sharder:
     def _run_sharded(self, arrays, dims, n):
         spans, args = self._shard_args(arrays, dims, n)
         blas_threads.set(1)
-        pool = _executor(n - 1)
-        futures = [pool.submit(self.kernel.run, *a) for a in args[1:]]
-        try:
-            first = self.kernel.run(*args[0])
-        finally:
-            rest = [f.result() for f in futures]
-        return combine(self.plan, [first] + rest, [hi - lo for lo, hi in spans],
-                       dims[self.plan.dim])
+        kernel = self.kernel
+        if not spin.lock.acquire(blocking=False):   # another thread's call has the workers
+            parts = [kernel.run(*a) for a in args]
+        else:
+            try:
+                scratch = self._worker_scratch(n - 1)
+                posted = []
+                for w, sc, (shard_arrays, shard_dims) in zip(spin.workers(n - 1), scratch,
+                                                             args[1:]):
+                    raw, outs, status = kernel.prepare(shard_arrays, shard_dims, sc)
+                    w.post(kernel.address, raw)
+                    posted.append((w, outs, status))
+                parts = _finish(kernel, posted, lambda: kernel.run(*args[0]))
+            finally:
+                spin.lock.release()
+        return combine(self.plan, parts, [hi - lo for lo, hi in spans], dims[self.plan.dim])
+
+    def _worker_scratch(self, n):
+        """Per-worker arenas and pointer arrays for this kernel, kept between calls."""
+        while len(self._scratch) < n:
+            self._scratch.append(types.SimpleNamespace())
+        return self._scratch[:n]
 
     def bind(self, arrays, dims):
         """Like `Kernel.bind`: a prepared call (whole or sharded, decided here by
@@ -652,18 +680,23 @@ class Sharder:
         layout = kernel._layout(dims)
         final = [np.empty(shape, dtype) for shape, dtype in layout.outs]
         sizes = [hi - lo for lo, hi in spans]
-        pool = _executor(n - 1)
 
         def sharded():
             for view, buf in copies:
                 np.copyto(buf, view)
             blas_threads.set(1)
-            futures = [pool.submit(c) for c in calls[1:]]
-            try:
-                calls[0]()
-            finally:
-                for f in futures:
-                    f.result()
+            if not spin.lock.acquire(blocking=False):
+                for c in calls:
+                    c()
+            else:
+                try:
+                    posted = []
+                    for w, c in zip(spin.workers(n - 1), calls[1:]):
+                        w.post(kernel.address, c.args)
+                        posted.append((w, None, c.status))
+                    _finish(kernel, posted, calls[0])
+                finally:
+                    spin.lock.release()
             combine(plan, shard_outs, sizes, total, final)
             return final
         sharded.keep = (calls, shard_outs, copies)

@@ -1,0 +1,193 @@
+"""Hand-offs between the threads of a sharded call without sleeping.
+
+A thread that sleeps on a lock and is woken by another pays the wake-up of an idle
+CPU: here (a 2-vCPU VM) about 200 µs per hand-off, measured by
+bench/shard_threshold.py — more than a whole small training step. OpenMP runtimes
+and OpenBLAS avoid it by spinning for a while before they sleep; so do we.
+
+`spin_until(word, value, iterations)` is a few instructions of native code (built
+with llvmlite once per process): it polls a 64-bit word with an acquire load and
+the CPU's pause hint until the word equals `value`, or gives up after `iterations`
+polls. It is called through ctypes, which releases the GIL, so the thread it runs
+on waits without holding up the other threads' Python code.
+"""
+from __future__ import annotations
+
+import atexit
+import ctypes
+import functools
+import threading
+
+import llvmlite.binding as llvm
+import llvmlite.ir as ir
+
+PTR = ir.PointerType()
+I64 = ir.IntType(64)
+
+
+def _pause(mod, b, x86):
+    if x86:
+        fn = mod.globals.get("llvm.x86.sse2.pause") or ir.Function(
+            mod, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse2.pause")
+        b.call(fn, [])
+
+
+def _spin_until(mod, x86):
+    """i64 ag_spin_until(ptr word, i64 value, i64 polls): 1 when *word == value."""
+    fn = ir.Function(mod, ir.FunctionType(I64, [PTR, I64, I64]), "ag_spin_until")
+    word, want, limit = fn.args
+    entry, loop, body, yes, no = (fn.append_basic_block(n)
+                                  for n in ("entry", "loop", "body", "yes", "no"))
+    b = ir.IRBuilder(entry)
+    b.branch(loop)
+    b.position_at_end(loop)
+    i = b.phi(I64)
+    i.add_incoming(I64(0), entry)
+    v = b.load_atomic(word, "acquire", 8, typ=I64)
+    b.cbranch(b.icmp_unsigned("==", v, want), yes, body)
+    b.position_at_end(body)
+    _pause(mod, b, x86)
+    nxt = b.add(i, I64(1))
+    i.add_incoming(nxt, body)
+    b.cbranch(b.icmp_unsigned("<", nxt, limit), loop, no)
+    b.position_at_end(yes)
+    b.ret(I64(1))
+    b.position_at_end(no)
+    b.ret(I64(0))
+
+
+def _worker_loop(mod, x86):
+    """void ag_worker_loop(ptr words, i64 polls): run posted kernel calls until no
+    job has come for `polls` polls. words: [0] jobs posted, [1] jobs done, [3] the
+    kernel's address, [4..9] its six arguments."""
+    fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [PTR, I64]), "ag_worker_loop")
+    words, limit = fn.args
+    entry, loop, wait, run, done = (fn.append_basic_block(n)
+                                    for n in ("entry", "loop", "wait", "run", "done"))
+    b = ir.IRBuilder(entry)
+
+    def word(k):
+        return b.gep(words, [I64(k)], inbounds=True, source_etype=I64)
+    b.branch(loop)
+    b.position_at_end(loop)
+    i = b.phi(I64)
+    i.add_incoming(I64(0), entry)
+    posted = b.load_atomic(word(0), "acquire", 8, typ=I64)
+    finished = b.load_atomic(word(1), "monotonic", 8, typ=I64)
+    b.cbranch(b.icmp_unsigned("!=", posted, finished), run, wait)
+    b.position_at_end(wait)
+    _pause(mod, b, x86)
+    nxt = b.add(i, I64(1))
+    i.add_incoming(nxt, wait)
+    b.cbranch(b.icmp_unsigned("<", nxt, limit), loop, done)
+    b.position_at_end(run)
+    kernel_t = ir.FunctionType(ir.VoidType(), [PTR] * 6)
+    target = b.inttoptr(b.load(word(3), typ=I64), kernel_t.as_pointer())
+    b.call(target, [b.inttoptr(b.load(word(4 + k), typ=I64), PTR) for k in range(6)])
+    # IRBuilder.store_atomic still asks its pointer for a pointee type, which opaque
+    # pointers lack: build the instruction itself.
+    b._insert(ir.instructions.StoreAtomicInstr(b.block, posted, word(1), "release", 8))
+    i.add_incoming(I64(0), run)
+    b.branch(loop)
+    b.position_at_end(done)
+    b.ret_void()
+
+
+def _module(x86: bool) -> str:
+    mod = ir.Module(name="spin")
+    _spin_until(mod, x86)
+    _worker_loop(mod, x86)
+    return str(mod)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled():
+    """(engine, spin_until, worker_loop), built once per process."""
+    from .jit import _new_target_machine, target_machine
+    triple = target_machine()[3]
+    mod = llvm.parse_assembly(_module(triple.startswith(("x86_64", "i686", "i386"))))
+    mod.verify()
+    engine = llvm.create_mcjit_compiler(mod, _new_target_machine())
+    engine.finalize_object()
+    spin = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)(
+        engine.get_function_address("ag_spin_until"))
+    loop = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)(
+        engine.get_function_address("ag_worker_loop"))
+    return engine, spin, loop
+
+
+def spin_until(address: int, value: int, iterations: int) -> bool:
+    """Poll the int64 at `address` until it equals `value` (True), at most
+    `iterations` times (False). The GIL is released meanwhile."""
+    return bool(_compiled()[1](address, value, iterations))
+
+
+# Polls before an idle worker sleeps: about 1–3 ms at ~30–100 ns per pause.
+SPIN_POLLS = 40_000
+
+
+class Worker:
+    """A thread that runs kernel calls posted to it, entirely in native code: it
+    spins in `ag_worker_loop` (no GIL) and calls each posted kernel as soon as its
+    arguments are posted; after `SPIN_POLLS` polls without work it sleeps until the
+    next post. One poster at a time (`compiler.shard` holds a lock)."""
+
+    def __init__(self):
+        _compiled()      # built here, so that a failure is the caller's exception
+        # [0] calls posted, [1] calls done, [2] asleep, [3] kernel address, [4..9] args
+        self._words = (ctypes.c_int64 * 10)()
+        self._addr = ctypes.addressof(self._words)
+        self._wake = threading.Event()
+        self._posted = 0
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name="autograph-shard", daemon=True)
+        self._thread.start()
+
+    def _loop(self):
+        loop, words = _compiled()[2], self._words
+        while not self._stop:
+            loop(self._addr, SPIN_POLLS)        # returns after SPIN_POLLS idle polls
+            words[2] = 1                         # asleep; then look once more (no lost wake-up)
+            if words[0] == words[1] and not self._stop:
+                self._wake.wait()
+            self._wake.clear()
+            words[2] = 0
+
+    def post(self, address: int, args) -> None:
+        """Start the kernel at `address` on its six native arguments."""
+        w = self._words
+        w[3] = address
+        for k, a in enumerate(args):
+            w[4 + k] = a
+        self._posted += 1
+        w[0] = self._posted
+        if w[2]:
+            self._wake.set()
+
+    def wait(self) -> None:
+        """Until the posted call has returned (spinning, the GIL released)."""
+        while not spin_until(self._addr + 8, self._posted, SPIN_POLLS):
+            pass
+
+    def stop(self) -> None:
+        self._stop = True
+        self._wake.set()
+        self._thread.join(timeout=5)
+
+
+_workers: list = []
+lock = threading.Lock()          # held by the one sharded call that uses the workers
+
+
+def workers(n: int) -> list:
+    """`n` workers (started on first use; the caller holds `lock`)."""
+    while len(_workers) < n:
+        _workers.append(Worker())
+    return _workers[:n]
+
+
+@atexit.register
+def _stop_all():
+    # Stop the workers before the interpreter frees the JIT-compiled loop they run.
+    for w in _workers:
+        w.stop()
