@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 import time
 
-STAGES = ("graph", "rewritten", "loop_ir", "llvm_ir", "optimized_ir", "assembly")
+STAGES = ("graph", "rewritten", "shards", "loop_ir", "llvm_ir", "optimized_ir", "assembly")
 
 
 def add_command(sub) -> None:

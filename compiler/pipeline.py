@@ -75,12 +75,14 @@ def compile_graph(graph: Graph, use_cache: bool = True) -> Compiled:
 
 def stages(graph: Graph) -> dict:
     """Every stage of the compilation of `graph`, as text: the graph as given, after
-    rewrites, the loop IR, the LLVM IR before and after optimization, the assembly."""
+    rewrites, how calls are split across threads (the batch-sharding plan), the loop IR, the LLVM IR before and after optimization, the assembly."""
     g, prog, ir_text, _ = build(graph)
     mod = optimize(ir_text)
+    shard_plan, why = find_plan(graph)
     return {
         "graph": format_graph(graph),
         "rewritten": format_graph(g),
+        "shards": shard_plan.describe() if shard_plan else f"not separable: {why}",
         "loop_ir": format_program(prog),
         "llvm_ir": ir_text,
         "optimized_ir": str(mod),

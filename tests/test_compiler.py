@@ -397,7 +397,8 @@ def test_runtime_checks_raise_instead_of_reading_out_of_bounds():
 
 def test_stages_show_every_step(capsys):
     st_ = compiler.stages(_graph())
-    assert set(st_) == {"graph", "rewritten", "loop_ir", "llvm_ir", "optimized_ir", "assembly"}
+    assert set(st_) == {"graph", "rewritten", "shards", "loop_ir", "llvm_ir", "optimized_ir",
+                        "assembly"}
     assert "matmul" in st_["loop_ir"] and "define void @\"kernel\"" in st_["llvm_ir"]
     assert "ret" in st_["assembly"]
 
