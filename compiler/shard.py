@@ -29,6 +29,7 @@ turns sharding off. Sharded and whole calls agree to rounding.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import time
@@ -535,7 +536,6 @@ class _BlasThreads:
             return
         n = self.default if n is None else n
         if n != self.current:
-            import ctypes
             self.lib.scipy_openblas_set_num_threads64_(ctypes.c_int(n))
             self.current = n
 
