@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import functools
+import os
 import threading
 
 import llvmlite.binding as llvm
@@ -179,8 +180,16 @@ _workers: list = []
 lock = threading.Lock()          # held by the one sharded call that uses the workers
 
 
+_pid = os.getpid()
+
+
 def workers(n: int) -> list:
-    """`n` workers (started on first use; the caller holds `lock`)."""
+    """`n` workers (started on first use; the caller holds `lock`). A forked child
+    has none of its parent's threads: it starts its own."""
+    global _pid
+    if os.getpid() != _pid:
+        _workers.clear()
+        _pid = os.getpid()
     while len(_workers) < n:
         _workers.append(Worker())
     return _workers[:n]

@@ -271,3 +271,25 @@ def test_bad_thread_count_is_named(monkeypatch, caplog):
     monkeypatch.setenv("AUTOGRAPH_THREADS", "many")
     assert shard.thread_count() == 1
     assert "AUTOGRAPH_THREADS" in caplog.text
+
+
+_FORKED = {}
+
+
+def test_a_forked_child_starts_its_own_workers():
+    """A child made by fork has none of the parent's worker threads; posting to them
+    would wait forever."""
+    import multiprocessing
+    inputs, outputs = _elman()
+    f = ag.function(inputs, outputs, backend="llvm")
+    arrays, dims = ag.backends.bind_inputs(f.graph.inputs, _elman_args(4, 6))
+    expect = f.runner.sharder.run(arrays, dims, shards=2)[0]   # the parent's workers start
+    _FORKED.update(f=f, arrays=arrays, dims=dims)              # inherited by the child
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(_sharded_loss_in_child).get(timeout=60)
+    assert got == pytest.approx(float(expect), rel=1e-12)
+
+
+def _sharded_loss_in_child():
+    f, arrays, dims = _FORKED["f"], _FORKED["arrays"], _FORKED["dims"]
+    return float(f.runner.sharder.run(arrays, dims, shards=2)[0])
