@@ -457,6 +457,23 @@ def thread_count() -> int:
         return os.cpu_count() or 1
 
 
+def _on_workers(kernel, first, rest):
+    """Run `first()` here while workers run the calls `rest()` lists, each as (native
+    arguments, outputs, status word); every shard's outputs. None, having run
+    nothing, when another thread's sharded call holds the workers."""
+    if not spin.lock.acquire(blocking=False):
+        return None
+    try:
+        calls = rest()
+        posted = []
+        for w, (raw, outs, status) in zip(spin.workers(len(calls)), calls):
+            w.post(kernel.address, raw)
+            posted.append((w, outs, status))
+        return _finish(kernel, posted, first)
+    finally:
+        spin.lock.release()
+
+
 def _finish(kernel, posted, first):
     """Run `first` here while the workers run their posted calls; wait for all of
     them (also when one fails) and return every shard's outputs, or raise the first
@@ -609,20 +626,13 @@ class Sharder:
         spans, args = self._shard_args(arrays, dims, n)
         blas_threads.set(1)
         kernel = self.kernel
-        if not spin.lock.acquire(blocking=False):   # another thread's call has the workers
+
+        def rest():
+            return [kernel.prepare(a, d, sc)
+                    for (a, d), sc in zip(args[1:], self._worker_scratch(n - 1))]
+        parts = _on_workers(kernel, lambda: kernel.run(*args[0]), rest)
+        if parts is None:               # another thread's sharded call has the workers
             parts = [kernel.run(*a) for a in args]
-        else:
-            try:
-                scratch = self._worker_scratch(n - 1)
-                posted = []
-                for w, sc, (shard_arrays, shard_dims) in zip(spin.workers(n - 1), scratch,
-                                                             args[1:]):
-                    raw, outs, status = kernel.prepare(shard_arrays, shard_dims, sc)
-                    w.post(kernel.address, raw)
-                    posted.append((w, outs, status))
-                parts = _finish(kernel, posted, lambda: kernel.run(*args[0]))
-            finally:
-                spin.lock.release()
         return combine(self.plan, parts, [hi - lo for lo, hi in spans], dims[self.plan.dim])
 
     def _worker_scratch(self, n):
@@ -685,18 +695,10 @@ class Sharder:
             for view, buf in copies:
                 np.copyto(buf, view)
             blas_threads.set(1)
-            if not spin.lock.acquire(blocking=False):
+            if _on_workers(kernel, calls[0],
+                           lambda: [(c.args, None, c.status) for c in calls[1:]]) is None:
                 for c in calls:
                     c()
-            else:
-                try:
-                    posted = []
-                    for w, c in zip(spin.workers(n - 1), calls[1:]):
-                        w.post(kernel.address, c.args)
-                        posted.append((w, None, c.status))
-                    _finish(kernel, posted, calls[0])
-                finally:
-                    spin.lock.release()
             combine(plan, shard_outs, sizes, total, final)
             return final
         sharded.keep = (calls, shard_outs, copies)

@@ -167,8 +167,9 @@ class Worker:
 
     def wait(self) -> None:
         """Until the posted call has returned (spinning, the GIL released)."""
-        while not spin_until(self._addr + 8, self._posted, SPIN_POLLS):
-            pass
+        done = False
+        while not done:      # each poll round releases the GIL; between rounds, signals
+            done = spin_until(self._addr + 8, self._posted, SPIN_POLLS)
 
     def stop(self) -> None:
         self._stop = True
