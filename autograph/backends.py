@@ -19,7 +19,9 @@ def register_backend(name: str, factory: Callable[[Graph], Callable]) -> None:
     """Make `function(..., backend=name)` build runners with `factory(graph)`.
 
     A runner is called as ``runner(arrays, dims)`` with checked input arrays and the
-    binding of symbolic dims, and returns one array per graph output.
+    binding of symbolic dims, and returns one array per graph output. A runner whose
+    attribute ``owns_outputs`` is true promises a new, distinct, writeable array per
+    output on every call, so `Function` hands them over without checking.
     """
     _BACKENDS[name] = factory
 
@@ -104,6 +106,7 @@ class Function:
         self.graph = Graph(inputs, outs)
         self.backend = backend
         self.runner = get_backend(backend)(self.graph)
+        self._owned = bool(getattr(self.runner, "owns_outputs", False))
         self._names = [x.name for x in self.graph.inputs]
         self._last = None    # (shapes, dtypes, dims) of the last checked call
 
@@ -154,6 +157,8 @@ class Function:
             self._last = (tuple(a.shape for a in arrays), tuple(a.dtype for a in arrays),
                           dims)
         outs = self.runner(arrays, dims)
+        if self._owned:
+            return outs[0] if self.single else outs
         # Hand back arrays the caller owns: copy views, read-only graph constants,
         # the caller's own input arrays (an output that is an input) and repeats.
         seen = {id(a) for a in arrays}

@@ -1,7 +1,8 @@
 """compiler: lower autograph graphs to LLVM native kernels (``backend="llvm"``).
 
 The pipeline, each stage printable (`stages`):
-  graph rewrites (`rewrite.py`) → loop IR (`lower.py`) → buffer plan (`plan.py`)
+  graph rewrites (`rewrite.py`) → loop IR (`lower.py`) → loop fusion (`fuse.py`)
+  → buffer plan (`plan.py`)
   → LLVM IR (`codegen.py`) → optimized for the host CPU → JIT, cached on disk (`jit.py`)
 
 Importing this package registers the ``"llvm"`` backend of `autograph.function`.

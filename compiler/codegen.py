@@ -21,8 +21,8 @@ import re
 
 from . import blas, vecmath
 from .expr import Expr
-from .loopir import (Apply, Check, Const, Gather, Iota, Load, Loop, Map, MatMul, Program,
-                     Reduce, ScatterAdd)
+from .loopir import (Apply, Check, Const, Fused, Gather, Iota, Load, Loop, Map, MatMul,
+                     Program, Reduce, ScatterAdd)
 
 I1, I8, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(64)
 F32, F64 = ir.FloatType(), ir.DoubleType()
@@ -47,6 +47,7 @@ class Emitter:
         self.env: dict = {}
         self.base: dict = {}
         self.strides: dict = {}   # collapsed strides of the refs of the current statement
+        self.regs: dict = {}      # view → value computed at this index (fused maps)
 
     # ----------------------------------------------------------------- plumbing
 
@@ -145,7 +146,8 @@ class Emitter:
 
     def val(self, t, idx):
         if isinstance(t, Load):
-            return self.load(t.ref, idx)
+            v = self.regs.get(t.ref.view)
+            return v if v is not None else self.load(t.ref, idx)
         if isinstance(t, Const):
             return self.const(t.value, t.dtype)
         if isinstance(t, Iota):
@@ -173,11 +175,12 @@ class Emitter:
         for s in body:
             getattr(self, "emit_" + type(s).__name__)(s)
 
-    def collapsed(self, shape, refs, tree):
+    def collapsed(self, shape, refs, trees):
         """Merge adjacent axes that every ref walks as one (row-major contiguous in both,
         or both broadcast): fewer, longer loops. Sets `self.strides` for the refs."""
         self.strides = {}
-        if any(isinstance(t, (Iota, Gather)) for t in _nodes(tree)) or len(shape) < 2:
+        if any(isinstance(t, (Iota, Gather)) for tree in trees for t in _nodes(tree)) \
+                or len(shape) < 2:
             return shape
         shape = list(shape)
         strides = {id(r): list(r.strides) for r in refs}
@@ -193,8 +196,27 @@ class Emitter:
         return tuple(shape)
 
     def emit_Map(self, s: Map):
-        shape = self.collapsed(s.out.shape, s.refs(), s.tree)
+        shape = self.collapsed(s.out.shape, s.refs(), [s.tree])
         self.nest(shape, lambda idx: self.store(s.out, idx, self.val(s.tree, idx)))
+        self.strides = {}
+
+    def emit_Fused(self, s: Fused):
+        """
+        for i in shape: v1 = tree1(i); store v1 unless a temporary; v2 = tree2(i, v1) …
+        A member's load of a view an earlier member wrote at this index reuses the value.
+        """
+        shape = self.collapsed(s.shape, [r for m in s.maps for r in m.refs()],
+                               [m.tree for m in s.maps])
+
+        def element(idx):
+            self.regs = {}
+            for m in s.maps:
+                v = self.val(m.tree, idx)
+                if m.out.buf.id not in s.temps:
+                    self.store(m.out, idx, v)
+                self.regs[m.out.view] = v
+            self.regs = {}
+        self.nest(shape, element)
         self.strides = {}
 
     def emit_Reduce(self, s: Reduce):

@@ -179,8 +179,25 @@ def jit(ir_text: str, use_cache: bool = True):
     return engine, addr, time.perf_counter() - t0, hit
 
 
-def _data_ptr(a: np.ndarray) -> int:
+def _slow_data_ptr(a: np.ndarray) -> int:
     return a.__array_interface__["data"][0]
+
+
+def _find_data_field():
+    """Where an ndarray object keeps its data pointer: right after the object header in
+    NumPy's `PyArrayObject` (a public struct). Reading it there costs 0.1 µs against
+    1.2 µs for `__array_interface__`, which is a tenth of a tiny kernel's call. Checked
+    here on arrays, views and offsets; if this NumPy lays it out otherwise, the public
+    route is used."""
+    offset = object.__basicsize__          # the header: reference count and type
+    probes = [np.empty(3), np.zeros((4, 5), np.float32)[1:, 2:], np.arange(7)[::2]]
+    field = ctypes.c_void_p.from_address
+    if all(field(id(a) + offset).value == _slow_data_ptr(a) for a in probes):
+        return lambda a: field(id(a) + offset).value
+    return _slow_data_ptr
+
+
+_data_ptr = _find_data_field()
 
 
 class Kernel:
@@ -291,6 +308,7 @@ class Kernel:
             local.status = (ctypes.c_int64 * 2)()
             local.ins = (ctypes.c_void_p * max(len(arrays), 1))()
             local.last = [None] * len(arrays)   # the arrays whose pointers `ins` holds
+            local.ous = (ctypes.c_void_p * max(len(self.prog.outputs), 1))()
             local.arena = None
         # The arena is kept between calls (per thread): a fresh one would cost the page
         # faults of every temporary again, on each call.
@@ -302,7 +320,9 @@ class Kernel:
                 ins[i] = _data_ptr(a)
                 last[i] = a             # (held, so the address stays theirs)
         outs = [np.empty(shape, dtype) for shape, dtype in layout.outs]
-        local.ous = ous = (ctypes.c_void_p * max(len(outs), 1))(*[_data_ptr(o) for o in outs])
+        ous = local.ous
+        for k, o in enumerate(outs):
+            ous[k] = _data_ptr(o)
         status = local.status
         return ((layout.dims_ptr, ctypes.addressof(ins), ctypes.addressof(ous),
                  _data_ptr(local.arena), layout.offsets_ptr, ctypes.addressof(status)),

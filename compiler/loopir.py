@@ -8,6 +8,7 @@ binding of B and T.
 
 Statements
   Map(out, tree)                 out[i] = tree(i) over out's index space (fused maps)
+  Fused(shape, maps, temps)      maps over one index space in one loop nest (fuse.py)
   Reduce(out, tree, kind, shape) out[proj(i)] ⊕= tree(i) over `shape`; out pre-filled
   MatMul(out, a, b, batch)       out[b, m, n] = Σ_k a[b, m, k] · b[b, k, n]
   ScatterAdd(out, src, idx)      out[idx[i], r] += src[i, r]   (take's VJP)
@@ -70,6 +71,12 @@ class Ref:
     def full(buf: Buffer, shape) -> "Ref":
         shape = tuple(Expr.of(d) for d in shape)
         return Ref(buf, Expr.of(0), shape, row_major(shape))
+
+    @property
+    def view(self) -> tuple:
+        """What identifies the view: two Refs with equal `view` read the same elements
+        in the same order."""
+        return (self.buf.id, self.offset, self.shape, self.strides)
 
     def is_contiguous(self) -> bool:
         return self.offset == Expr.of(0) and self.strides == row_major(self.shape) \
@@ -194,6 +201,19 @@ class Map:
 
 
 @dataclass(eq=False)
+class Fused:
+    """Maps over one index space in one loop nest: at each index i, member k runs
+    after member k−1. `temps` are buffers held in registers only, never stored."""
+
+    shape: tuple
+    maps: list
+    temps: frozenset = frozenset()
+
+    def refs(self):
+        return [r for m in self.maps for r in m.refs() if r.buf.id not in self.temps]
+
+
+@dataclass(eq=False)
 class Reduce:
     out: Ref                        # viewed over `shape`, stride 0 on reduced axes
     tree: Any
@@ -299,6 +319,11 @@ def _format_body(body, depth):
     for s in body:
         if isinstance(s, Map):
             out.append(f"{pad}map {_shape(s.out.shape)}: {s.out} = {s.tree}")
+        elif isinstance(s, Fused):
+            out.append(f"{pad}fused {_shape(s.shape)}:")
+            for m in s.maps:
+                kind = "reg" if m.out.buf.id in s.temps else "map"
+                out.append(f"{pad}  {kind} {m.out} = {m.tree}")
         elif isinstance(s, Reduce):
             out.append(f"{pad}reduce_{s.kind} {_shape(s.shape)}: {s.out} ⊕= {s.tree}")
         elif isinstance(s, MatMul):

@@ -9,6 +9,7 @@ from autograph.graph import Graph
 from autograph.printing import format_graph
 
 from .codegen import emit_text
+from .fuse import fuse
 from .jit import Kernel, optimize, target_machine
 from .loopir import format_program
 from .lower import lower
@@ -28,6 +29,8 @@ class Compiled:
     timings: dict
     sharder: Sharder | None = None
     shard_note: str = ""      # why the graph cannot be sharded, when it cannot
+    # every call returns new arrays: the kernel's outputs, or the shards' combined
+    owns_outputs = True
 
     def __call__(self, arrays, dims):
         if self.sharder is not None:
@@ -47,7 +50,7 @@ def build(graph: Graph):
     g = rewrite(graph)
     t["rewrite"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    prog = plan(lower(g))
+    prog = plan(fuse(lower(g)))
     t["lower"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     ir_text = emit_text(prog)
