@@ -120,8 +120,30 @@ class Emitter:
             off = b.add(off, i if st == Expr.of(1) else b.mul(i, self.ex(st)))
         return self.at(ref.buf, off)
 
+    def alias_scopes(self):
+        """One alias scope per memory region the kernel addresses — each arena slot,
+        each output, the constants, the inputs (one scope for all: a caller may pass
+        one array twice, and they are only read) — so LLVM knows that accesses to
+        different regions never overlap and vectorizes without run-time overlap
+        checks. Slots are disjoint by construction (`plan.py`); outputs are new arrays."""
+        m = self.module
+        domain = m.add_metadata([ir.MetaDataString(m, "autograph.regions")])
+        regions = sorted({_region(b) for b in self.prog.buffers if b.index >= 0
+                          or b.kind == "const"})
+        scopes = {r: m.add_metadata([ir.MetaDataString(m, "/".join(map(str, r))), domain])
+                  for r in regions}
+        self.tags = {r: (m.add_metadata([scopes[r]]),
+                         m.add_metadata([scopes[o] for o in regions if o != r]))
+                     for r in regions}
+
+    def tag(self, instr, buf):
+        scope, others = self.tags[_region(buf)]
+        instr.set_metadata("alias.scope", scope)
+        instr.set_metadata("noalias", others)
+        return instr
+
     def load(self, ref, idx):
-        v = self.b.load(self.ptr(ref, idx), typ=MEM[ref.dtype])
+        v = self.tag(self.b.load(self.ptr(ref, idx), typ=MEM[ref.dtype]), ref.buf)
         if ref.dtype == "bool":
             v = self.b.icmp_unsigned("!=", v, ir.Constant(I8, 0))
         return v
@@ -129,7 +151,7 @@ class Emitter:
     def store(self, ref, idx, v):
         if ref.dtype == "bool":
             v = self.b.zext(v, I8)
-        self.b.store(v, self.ptr(ref, idx))
+        self.tag(self.b.store(v, self.ptr(ref, idx)), ref.buf)
 
     def const(self, value, dtype):
         ty = REG[dtype]
@@ -159,7 +181,7 @@ class Emitter:
             off = b.add(self.ex(ref.offset), b.mul(row, self.ex(ref.strides[0])))
             for i, st in zip(idx[t.n_lead:], ref.strides[1:]):
                 off = b.add(off, b.mul(i, self.ex(st)))
-            v = b.load(self.at(ref.buf, off), typ=MEM[ref.dtype])
+            v = self.tag(b.load(self.at(ref.buf, off), typ=MEM[ref.dtype]), ref.buf)
             if ref.dtype == "bool":
                 v = b.icmp_unsigned("!=", v, ir.Constant(I8, 0))
             return v
@@ -223,13 +245,13 @@ class Emitter:
         def step(idx):
             v = self.val(s.tree, idx)
             p = self.ptr(s.out, idx)
-            old = self.b.load(p, typ=MEM[s.out.dtype])
+            old = self.tag(self.b.load(p, typ=MEM[s.out.dtype]), s.out.buf)
             dtype = s.out.dtype
             if s.kind == "sum":
                 new = self.b.fadd(old, v) if dtype in FLOATS else self.b.add(old, v)
             else:
                 new = maximum(self, old, v, dtype)
-            self.b.store(new, p)
+            self.tag(self.b.store(new, p), s.out.buf)
         self.nest(s.shape, step)
 
     def emit_MatMul(self, s: MatMul):
@@ -429,6 +451,7 @@ class Emitter:
         b = self.b
         dims, inputs, outputs, arena, offsets, status = self.fn.args
         self.status = status
+        self.alias_scopes()
         for k, d in enumerate(self.prog.dims):
             self.env[d] = b.load(b.gep(dims, [self.i64(k)], source_etype=I64), name=d, typ=I64)
         for buf in self.prog.buffers:
@@ -480,6 +503,13 @@ def _blas_layout(s: MatMul):
     if a is None or b is None or s.out.strides[-1] != one:
         return None
     return a, b, s.out.strides[-2]
+
+
+def _region(buf):
+    """The memory region of a buffer (see `Emitter.alias_scopes`)."""
+    if buf.kind == "input":
+        return ("inputs", 0)
+    return (buf.kind, buf.index if buf.kind in ("arena", "output") else buf.id)
 
 
 def _nodes(tree):

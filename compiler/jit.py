@@ -3,6 +3,7 @@ the argument checks that stand between Python and native code."""
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import logging
 import os
@@ -19,7 +20,8 @@ import llvmlite.binding as llvm
 from autograph.errors import BackendError, InputError
 from autograph.graph import Graph
 
-from .loopir import Program
+from .codegen import emit_text
+from .loopir import Program, fingerprint
 
 log = logging.getLogger("autograph.compiler")
 
@@ -90,14 +92,28 @@ def cache_dir() -> pathlib.Path:
     return path
 
 
-def cache_key(ir_text: str) -> str:
-    """Hash of everything the object code depends on."""
+@functools.lru_cache(maxsize=None)
+def _compiler_digest() -> str:
+    """A digest of the compiler's own source: a kernel cached by an older code
+    generator is never loaded by a newer one."""
+    h = hashlib.sha256()
+    for path in sorted(pathlib.Path(__file__).parent.glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def cache_key(program_digest: str) -> str:
+    """Hash of everything the object code depends on: the program (`fingerprint`),
+    the code generator and its switches, LLVM, the target CPU."""
     from autograph import __version__
+    from . import blas, vecmath
     tm, cpu, features, triple = target_machine()
     h = hashlib.sha256()
-    for part in (ir_text, ".".join(map(str, llvm.llvm_version_info)), llvmlite.__version__,
-                 triple, cpu, features, str(OPT_LEVEL), repr(sorted(PIPELINE.items())),
-                 __version__, CACHE_FORMAT.decode()):
+    for part in (program_digest, _compiler_digest(), ".".join(map(str, llvm.llvm_version_info)),
+                 llvmlite.__version__, triple, cpu, features, str(OPT_LEVEL),
+                 repr(sorted(PIPELINE.items())), repr(blas.available()),
+                 str(blas.BLAS_MIN_WORK), repr(vecmath.isa()), __version__,
+                 CACHE_FORMAT.decode()):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()
@@ -158,14 +174,19 @@ def cache_store(key: str, payload: bytes) -> None:
 _KERNEL_T = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 6)
 
 
-def jit(ir_text: str, use_cache: bool = True):
-    """(engine, function address, seconds spent, whether the cache answered)."""
+def jit(prog: Program, use_cache: bool = True):
+    """(engine, function address, seconds spent in code generation and in LLVM,
+    whether the cache answered). The LLVM IR is generated only on a cache miss."""
     t0 = time.perf_counter()
     tm = target_machine()[0]
-    key = cache_key(ir_text) if use_cache else None
+    key = cache_key(fingerprint(prog)) if use_cache else None
     obj = cache_load(key) if use_cache else None
     hit = obj is not None
+    codegen = 0.0
     if obj is None:
+        t1 = time.perf_counter()
+        ir_text = emit_text(prog)
+        codegen = time.perf_counter() - t1
         obj = tm.emit_object(optimize(ir_text))
         if use_cache:
             cache_store(key, obj)
@@ -176,7 +197,7 @@ def jit(ir_text: str, use_cache: bool = True):
     addr = engine.get_function_address("kernel")
     if not addr:
         raise BackendError("the compiled object has no kernel function")
-    return engine, addr, time.perf_counter() - t0, hit
+    return engine, addr, codegen, time.perf_counter() - t0 - codegen, hit
 
 
 def _slow_data_ptr(a: np.ndarray) -> int:
@@ -205,14 +226,20 @@ class Kernel:
     bindings, contiguity, alignment) before native code runs, so a bad argument is a
     Python exception that names it."""
 
-    def __init__(self, graph: Graph, prog: Program, ir_text: str, use_cache: bool = True):
-        self.graph, self.prog, self.ir_text = graph, prog, ir_text
-        self.engine, addr, self.compile_seconds, self.cache_hit = jit(ir_text, use_cache)
+    def __init__(self, graph: Graph, prog: Program, use_cache: bool = True):
+        self.graph, self.prog = graph, prog
+        (self.engine, addr, self.codegen_seconds, self.compile_seconds,
+         self.cache_hit) = jit(prog, use_cache)
         self._fn = _KERNEL_T(addr)   # the engine stays alive as long as this kernel
         self.address = addr
         self._layouts: dict = {}
         self._scratch = threading.local()
         self.names = [x.name for x in graph.inputs]
+
+    @functools.cached_property
+    def ir_text(self) -> str:
+        """The kernel's LLVM IR (generated again when it came from the cache)."""
+        return emit_text(self.prog)
 
     # ----------------------------------------------------------------- checks
 

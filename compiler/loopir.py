@@ -17,8 +17,12 @@ Statements
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from .expr import Expr, product, row_major
 
@@ -337,3 +341,44 @@ def _format_body(body, depth):
             out.append(f"{pad}for {s.var} in {order}range({s.count}):")
             out.extend(_format_body(s.body, depth + 1))
     return out
+
+
+def fingerprint(prog: Program) -> str:
+    """A digest of everything in `prog` that code generation reads: every buffer
+    (constants by their bytes), every statement and scalar tree with all their fields,
+    the dims and the arena slots. Two programs with the same fingerprint compile to
+    the same code, so the kernel cache is keyed on it without generating LLVM IR."""
+    h = hashlib.sha256()
+
+    def put(x):
+        if isinstance(x, Buffer):
+            h.update(f"Buffer({x.id},{x.dtype},{x.size},{x.kind},{x.index},{x.name!r})".encode())
+            if x.data is not None:
+                data = np.ascontiguousarray(x.data)
+                h.update(f"{data.dtype}{data.shape}".encode())
+                h.update(data.tobytes())
+        elif isinstance(x, Ref):
+            h.update(f"Ref({x.buf.id},{x.offset},".encode())
+            put(x.shape)
+            put(x.strides)
+            h.update(b")")
+        elif dataclasses.is_dataclass(x):
+            h.update(type(x).__name__.encode() + b"(")
+            for f in dataclasses.fields(x):
+                put(getattr(x, f.name))
+                h.update(b",")
+            h.update(b")")
+        elif isinstance(x, (list, tuple)):
+            h.update(b"[")
+            for v in x:
+                put(v)
+                h.update(b",")
+            h.update(b"]")
+        elif isinstance(x, (set, frozenset)):
+            put(sorted(x, key=repr))
+        elif isinstance(x, dict):
+            put(sorted(x.items(), key=repr))
+        else:       # Expr, numbers, strings, None
+            h.update(f"{type(x).__name__}:{x!r}".encode())
+    put(prog)
+    return h.hexdigest()

@@ -44,7 +44,7 @@ class Compiled:
 
 
 def build(graph: Graph):
-    """(rewritten graph, planned program, LLVM IR text, timings)."""
+    """(rewritten graph, planned program, timings)."""
     t = {}
     t0 = time.perf_counter()
     g = rewrite(graph)
@@ -52,22 +52,20 @@ def build(graph: Graph):
     t0 = time.perf_counter()
     prog = plan(fuse(lower(g)))
     t["lower"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ir_text = emit_text(prog)
-    t["codegen"] = time.perf_counter() - t0
-    return g, prog, ir_text, t
+    return g, prog, t
 
 
 def compile_graph(graph: Graph, use_cache: bool = True) -> Compiled:
-    """Compile `graph` to a native kernel (cached on disk)."""
+    """Compile `graph` to a native kernel (cached on disk, keyed on its loop IR)."""
     try:
-        g, prog, ir_text, t = build(graph)
-        kernel = Kernel(g, prog, ir_text, use_cache)
+        g, prog, t = build(graph)
+        kernel = Kernel(g, prog, use_cache)
     except BackendError:
         raise
     except Exception as e:   # a compiler bug must not take the user's program down
         raise BackendError(f"the LLVM backend could not compile this graph: "
                            f"{type(e).__name__}: {e}") from e
+    t["codegen"] = kernel.codegen_seconds
     t["jit"] = kernel.compile_seconds
     t["cache_hit"] = kernel.cache_hit
     t0 = time.perf_counter()
@@ -79,7 +77,8 @@ def compile_graph(graph: Graph, use_cache: bool = True) -> Compiled:
 def stages(graph: Graph) -> dict:
     """Every stage of the compilation of `graph`, as text: the graph as given, after
     rewrites, how calls are split across threads (the batch-sharding plan), the loop IR, the LLVM IR before and after optimization, the assembly."""
-    g, prog, ir_text, _ = build(graph)
+    g, prog, _ = build(graph)
+    ir_text = emit_text(prog)
     mod = optimize(ir_text)
     shard_plan, why = find_plan(graph)
     return {
