@@ -157,15 +157,16 @@ def _join_unslices(n: Node, ins):
         if len(cut) != 1:
             return None
         k = cut[0]
-        sl = index[k]
-        if (axis is not None and k != axis) or sl.step not in (None, 1) \
-                or not isinstance(sl.start, int) or not isinstance(sl.stop, int):
+        sl, size = index[k], n.shape[k]
+        if (axis is not None and k != axis) or not isinstance(size, int) \
+                or sl.step not in (None, 1) or any(not isinstance(e, (int, type(None)))
+                                                   for e in (sl.start, sl.stop)):
             return None
         axis = k
-        parts.append((sl.start, sl.stop, u.inputs[0]))
-    size = n.shape[axis]
+        start, stop, _ = sl.indices(size)       # z[:, 2H:] is z[:, 2H:3H]
+        parts.append((start, stop, u.inputs[0]))
     parts.sort(key=lambda t: t[0])
-    if not isinstance(size, int) or parts[0][0] != 0 or parts[-1][1] != size or \
+    if parts[0][0] != 0 or parts[-1][1] != size or \
             any(a[1] != b[0] for a, b in zip(parts, parts[1:])):
         return None
     return make("concat", tuple(x for _, _, x in parts), {"axis": axis}, n.name)

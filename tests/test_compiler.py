@@ -180,6 +180,21 @@ def test_concat_unslice_and_bool_masks():
         close(r, g2)
 
 
+def test_gate_gradients_with_open_ended_slices_are_one_concat():
+    """z[:, :H], z[:, H:2H], z[:, 2H:] (a GRU's gates): their gradient is gathered by
+    one concat, not by zero-padded arrays added together; values as NumPy's."""
+    H = 3
+    z = ag.placeholder("z", ("B", 3 * H))
+    L = ag.sum(ag.sigmoid(z[:, :H]) * ag.tanh(z[:, 2 * H:]) + z[:, H:2 * H] ** 2)
+    g = ag.grad(L, z)
+    rewritten = compiler.compile_graph(ag.Graph([z], [g])).graph
+    ops = {n.op for n in rewritten.nodes}
+    assert "concat" in ops and "unslice" not in ops
+    ref, got = both([z], [L, g], np.random.default_rng(2).normal(size=(4, 3 * H)))
+    for r, g2 in zip(ref, got):
+        close(r, g2)
+
+
 def test_one_kernel_serves_every_sequence_length():
     """The LSTM training step is compiled once; T = 16 and T = 4096 run the same kernel."""
     import rnn
