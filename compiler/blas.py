@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 
 GEMM = {"float64": "scipy_cblas_dgemm64_", "float32": "scipy_cblas_sgemm64_"}
+GET_THREADS = "scipy_openblas_get_num_threads64_"
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 BLAS_MIN_WORK = 32 * 32 * 32     # M·N·K below which generated loops win
 

@@ -30,6 +30,9 @@ PTR = ir.PointerType()
 REG = {"float32": F32, "float64": F64, "int64": I64, "bool": I1}
 MEM = {"float32": F32, "float64": F64, "int64": I64, "bool": I8}
 FLOATS = ("float32", "float64")
+PANEL_MIN_ROWS = 4          # fewer rows: the row-vector loops or BLAS (latency-bound tiles)
+PANEL_MAX_WORK = 1 << 20    # M·N·K up to which the tiles beat a multi-threaded library call
+PANEL_KC = 256              # steps of k per pass: a block of rows of A stays in L1
 
 
 class Emitter:
@@ -256,11 +259,113 @@ class Emitter:
 
     def emit_MatMul(self, s: MatMul):
         """
-        if BLAS applies and (B is transposed or M·N·K ≥ BLAS_MIN_WORK):
+        if B comes in panels and PANEL_MIN_ROWS ≤ M and OpenBLAS runs on one thread (a
+        shard of a sharded call) or M·N·K ≤ PANEL_MAX_WORK: the register-tiled kernel
+        elif BLAS applies and (B is transposed or M·N·K ≥ BLAS_MIN_WORK):
             for batch…: gemm(A, B, out)
         else: for batch…: for i < M: out[i, :] = 0; for k < K: a = A[i, k];
                                       for j < N: out[i, j] += a·B[k, j]
         """
+        if s.packed is None:
+            self._matmul_general(s)
+            return
+        b = self.b
+        M, N, K = (self.ex(e) for e in (s.out.shape[0], s.out.shape[1], s.a.shape[1]))
+        use = b.icmp_signed(">=", M, self.i64(PANEL_MIN_ROWS))
+        small = b.icmp_signed("<=", b.mul(b.mul(M, N), K), self.i64(PANEL_MAX_WORK))
+        use = b.and_(use, b.or_(small, self.blas_single))
+        with b.if_else(use) as (then, otherwise):
+            with then:
+                self._matmul_panels(s)
+            with otherwise:
+                self._matmul_general(s)
+
+    def _matmul_panels(self, s: MatMul):
+        """out = A·B with B in panels P[j, k, :] = B[k, j·NR : (j+1)·NR], NR = 2L (L the
+        vector width): tiles of R rows × NR columns held in 2R vector registers.
+
+            for each chunk of PANEL_KC steps of k (the first one starts from zero):
+              for j < N / NR:
+                for each block of R rows (R = 8 while 8 remain, then 4, 2, 1):
+                  acc[r][0..1] = out[i + r, j·NR : (j+1)·NR]   (0 in the first chunk)
+                  for k in chunk: p0, p1 = P[j, k, 0:L], P[j, k, L:2L]
+                                  for r < R: a = splat(A[i + r, k]); acc[r][v] += a·p_v
+                  out[i + r, j·NR : (j+1)·NR] = acc[r]
+
+        One chunk of a panel (PANEL_KC·NR numbers) stays in L1 while every block of
+        rows passes over it, so the weights stream from memory once per product; the
+        inner loop is 2R fused multiply-adds on two loads and R broadcasts. The weights
+        are packed once per call, not once per step as a library call on the unpacked
+        matrix does."""
+        b = self.b
+        out, A, P = s.out, s.a, s.packed
+        n_panels, K, nr = (d.const for d in P.shape)
+        width = nr // 2
+        ty = REG[out.dtype]
+        vty = ir.VectorType(ty, width)
+        align = 4 if out.dtype == "float32" else 8
+        fma_name = f"llvm.fma.v{width}{'f32' if out.dtype == 'float32' else 'f64'}"
+        fma = self.module.globals.get(fma_name) or ir.Function(
+            self.module, ir.FunctionType(vty, [vty] * 3), fma_name)
+        undef = ir.Constant(vty, ir.Undefined)
+        splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
+        zero = ir.Constant(vty, [0.0] * width)
+        with b.goto_entry_block():      # promoted to registers by mem2reg
+            accs = [[b.alloca(vty, name=f"pacc{r}_{v}") for v in range(2)] for r in range(8)]
+
+        def out_ptr(i0, r, j, v):
+            col = b.add(b.mul(j, self.i64(nr)), self.i64(v * width))
+            return self.ptr(out, (b.add(i0, self.i64(r)), col))
+
+        def tile(rows, i0, j, k0, klen, first):
+            """Rows i0 … i0 + rows − 1 of panel j, over steps k0 … k0 + klen − 1."""
+            for r in range(rows):
+                for v in range(2):
+                    old = self.tag(b.load(out_ptr(i0, r, j, v), typ=vty, align=align),
+                                   out.buf)
+                    b.store(b.select(first, zero, old), accs[r][v])
+
+            def step(kk):
+                k = b.add(k0, kk)
+                base = b.add(b.mul(j, self.i64(K * nr)), b.mul(k, self.i64(nr)))
+                p = [self.tag(b.load(self.at(P.buf, b.add(base, self.i64(v * width))),
+                                     typ=vty, align=align), P.buf) for v in range(2)]
+                for r in range(rows):
+                    a = self.load(A, (b.add(i0, self.i64(r)), k))
+                    a = b.shuffle_vector(b.insert_element(undef, a, ir.Constant(I64, 0)),
+                                         undef, splat_mask)
+                    for v in range(2):
+                        b.store(b.call(fma, [a, p[v], b.load(accs[r][v], typ=vty)]),
+                                accs[r][v])
+            self.loop(klen, step, "pk")
+            for r in range(rows):
+                for v in range(2):
+                    self.tag(b.store(b.load(accs[r][v], typ=vty), out_ptr(i0, r, j, v),
+                                     align=align), out.buf)
+
+        M = self.ex(out.shape[0])
+
+        def chunk(c):
+            k0 = b.mul(c, self.i64(PANEL_KC))
+            klen = b.select(b.icmp_signed("<", b.sub(self.i64(K), k0), self.i64(PANEL_KC)),
+                            b.sub(self.i64(K), k0), self.i64(PANEL_KC))
+            first = b.icmp_signed("==", c, self.i64(0))
+
+            def panel(j):
+                blocks = b.sdiv(M, self.i64(8))
+                self.loop(blocks, lambda ib: tile(8, b.mul(ib, self.i64(8)), j, k0, klen, first),
+                          "pi")
+                i0 = b.mul(blocks, self.i64(8))
+                rest = b.sub(M, i0)
+                for rows in (4, 2, 1):
+                    has = b.icmp_signed("!=", b.and_(rest, self.i64(rows)), self.i64(0))
+                    with b.if_then(has):
+                        tile(rows, i0, j, k0, klen, first)
+                    i0 = b.add(i0, b.and_(rest, self.i64(rows)))
+            self.loop(self.i64(n_panels), panel, "pj")
+        self.loop(self.i64(-(-K // PANEL_KC)), chunk, "pc")
+
+    def _matmul_general(self, s: MatMul):
         out, A = s.out, s.a
         layout = _blas_layout(s) if s.out.dtype in FLOATS and blas.available() else None
         if layout is None:
@@ -447,11 +552,25 @@ class Emitter:
 
     # ----------------------------------------------------------------- the function
 
+    def _blas_single_thread(self):
+        """i1: OpenBLAS would run a product on one thread (or is absent). Read once per
+        call: sharded calls set it to one thread per shard (`shard.py`)."""
+        if not blas.available():
+            return ir.Constant(I1, 1)
+        if not any(isinstance(st, MatMul) and st.packed is not None
+                   for st in _walk_body(self.prog.body)):
+            return ir.Constant(I1, 0)
+        i32 = ir.IntType(32)
+        fn = self.module.globals.get(blas.GET_THREADS) or ir.Function(
+            self.module, ir.FunctionType(i32, []), blas.GET_THREADS)
+        return self.b.icmp_signed("<=", self.b.call(fn, []), ir.Constant(i32, 1))
+
     def build(self):
         b = self.b
         dims, inputs, outputs, arena, offsets, status = self.fn.args
         self.status = status
         self.alias_scopes()
+        self.blas_single = self._blas_single_thread()
         for k, d in enumerate(self.prog.dims):
             self.env[d] = b.load(b.gep(dims, [self.i64(k)], source_etype=I64), name=d, typ=I64)
         for buf in self.prog.buffers:
@@ -503,6 +622,15 @@ def _blas_layout(s: MatMul):
     if a is None or b is None or s.out.strides[-1] != one:
         return None
     return a, b, s.out.strides[-2]
+
+
+def _walk_body(body):
+    for st in body:
+        yield st
+        if isinstance(st, Loop):
+            yield from _walk_body(st.body)
+        elif isinstance(st, Fused):
+            yield from st.maps
 
 
 def _region(buf):

@@ -233,9 +233,10 @@ class MatMul:
     out: Ref                        # [*batch, M, N], contiguous
     a: Ref                          # [*batch, M, K] (broadcast batch: stride 0)
     b: Ref                          # [*batch, K, N]
+    packed: Ref | None = None       # b in panels [N / NR, K, NR] (2-D products in loops)
 
     def refs(self):
-        return [self.out, self.a, self.b]
+        return [self.out, self.a, self.b] + ([self.packed] if self.packed else [])
 
 
 @dataclass(eq=False)
@@ -331,7 +332,8 @@ def _format_body(body, depth):
         elif isinstance(s, Reduce):
             out.append(f"{pad}reduce_{s.kind} {_shape(s.shape)}: {s.out} ⊕= {s.tree}")
         elif isinstance(s, MatMul):
-            out.append(f"{pad}matmul {_shape(s.out.shape)}: {s.out} = {s.a} @ {s.b}")
+            panels = f" (panels {s.packed})" if s.packed else ""
+            out.append(f"{pad}matmul {_shape(s.out.shape)}: {s.out} = {s.a} @ {s.b}{panels}")
         elif isinstance(s, ScatterAdd):
             out.append(f"{pad}scatter_add: {s.out}[{s.idx}] += {s.src}")
         elif isinstance(s, Check):

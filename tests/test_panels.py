@@ -1,0 +1,108 @@
+"""The register-tiled product of the compiler (codegen `_matmul_panels`): per-step
+products h·W inside a loop, with W copied once into panels. Checked against NumPy
+on every row-tile combination (8, 4, 2, 1 rows), chunked k (PANEL_KC) with a
+remainder, both dtypes, on one BLAS thread (as in a sharded call) and on the
+default count; and that the loop IR uses panels where it should."""
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import autograph as ag
+import compiler
+from compiler import codegen, vecmath
+from compiler.loopir import Loop, MatMul
+from compiler.shard import blas_threads
+
+SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+pytestmark = pytest.mark.skipif(vecmath.isa() is None,
+                                reason="panels need a vector width (libmvec host)")
+
+
+def _lane(dtype):
+    return 2 * vecmath.isa()[1] // np.dtype(dtype).itemsize      # NR
+
+
+def _recurrence(K, N, dtype):
+    """s_t = tanh(s_{t-1}·W + x_t·U)[:, :K] with W [K, N]: the product of every step
+    reads a loop-invariant W (so it gets panels); N ≥ K columns, the first K carried."""
+    x = ag.placeholder("x", ("T", "B", N), dtype)
+    s0 = ag.placeholder("s0", ("B", K), dtype)
+    W = ag.placeholder("W", (K, N), dtype)
+
+    def step(s, x_t):
+        z = ag.tanh(s @ W + x_t)
+        return z[:, :K], z
+    _, zs = ag.scan(step, s0, x)
+    loss = ag.sum(zs * zs)
+    return [x, s0, W], [loss] + ag.grad(loss, [x, s0, W])
+
+
+def _products(prog):
+    out = []
+    for s in prog.body:
+        if isinstance(s, Loop):
+            out += [t for t in s.body if isinstance(t, MatMul)]
+    return out
+
+
+def test_per_step_products_get_panels():
+    """Forward s·W ([K, N]) and backward ds·Wᵀ ([N, K]): both widths multiples of NR."""
+    nr = _lane("float32")
+    ins, outs = _recurrence(nr, 2 * nr, "float32")
+    prog = compiler.compile_graph(ag.Graph(ins, outs)).kernel.prog
+    products = _products(prog)
+    assert len(products) == 2 and all(p.packed is not None for p in products)
+    for p in products:
+        K, N = p.b.shape
+        assert tuple(d.const for d in p.packed.shape) == (N.const // nr, K.const, nr)
+
+
+@pytest.mark.parametrize("threads", [1, None])
+@given(B=st.integers(1, 21), K=st.sampled_from([1, 3, 17, 256, 300, 520]),
+       panels=st.integers(1, 3), dtype=st.sampled_from(["float32", "float64"]),
+       seed=st.integers(0, 2 ** 16))
+@SETTINGS
+def test_tiled_products_match_numpy(threads, B, K, panels, dtype, seed):
+    """The forward product always has panels; the backward one when K is a multiple
+    of NR."""
+    N = max(panels * _lane(dtype), K + (-K) % _lane(dtype))
+    ins, outs = _recurrence(K, N, dtype)
+    rng = np.random.default_rng(seed)
+    args = [rng.standard_normal((3, B, N)).astype(dtype),
+            rng.standard_normal((B, K)).astype(dtype),
+            (rng.standard_normal((K, N)) / np.sqrt(K)).astype(dtype)]
+    want = ag.function(ins, outs)(*args)
+    f = ag.function(ins, outs, backend="llvm")
+    blas_threads.set(threads)
+    try:
+        got = f.runner.kernel.run(args, {"T": 3, "B": B})
+    finally:
+        blas_threads.set(None)
+    tol = 1e-12 if dtype == "float64" else 2e-4
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=tol, atol=tol)
+
+
+def test_the_single_thread_switch_reaches_the_kernel():
+    """Above PANEL_MAX_WORK the tiles run only when OpenBLAS is on one thread; both
+    settings give NumPy's values (the switch is read at each call)."""
+    dtype = "float64"
+    K, N = 128, 16 * _lane(dtype)
+    B = codegen.PANEL_MAX_WORK // (K * N) + 4
+    ins, outs = _recurrence(K, N, dtype)
+    rng = np.random.default_rng(0)
+    args = [rng.standard_normal((2, B, N)), rng.standard_normal((B, K)),
+            rng.standard_normal((K, N)) / 16]
+    want = ag.function(ins, outs)(*args)
+    kernel = ag.function(ins, outs, backend="llvm").runner.kernel
+    for threads in (1, None):
+        blas_threads.set(threads)
+        try:
+            got = kernel.run(args, {"T": 2, "B": B})
+        finally:
+            blas_threads.set(None)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
