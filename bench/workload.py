@@ -11,8 +11,10 @@ hand-written NumPy BPTT with hoisted GEMMs, PyTorch eager (2 threads) and JAX
 ``jit(value_and_grad)`` over ``lax.scan``. Before timing, every implementation's loss
 and gradients are checked against the NumPy interpreter on the same weights.
 
-It prints markdown tables: median ms per step, the speed-up of ours over the fastest
-reference (> 1 means ours is faster), GFLOP/s and the fraction of the GEMM peak
+It prints markdown tables: median ms per step (the implementations timed in
+alternated blocks, so that drift and library threads left spinning weigh on all
+alike), the speed-up of ours over the fastest reference (> 1 means ours is
+faster), GFLOP/s and the fraction of the GEMM peak
 measured in the same run; then compile times (cold, cached, T = 16 vs T = 4096), peak
 memory and single-step inference latency at B = 1. The machine is shared: read the
 ratios, not the absolute times.
@@ -71,6 +73,27 @@ def median_seconds(fn, repeat: int, min_time: float = 0.2) -> float:
         if len(times) >= 20 * repeat:
             break
     return float(np.median(times))
+
+
+def alternated_medians(impls: dict, repeat: int, rounds: int = 5,
+                       block: float = 0.05) -> dict:
+    """Median seconds per call of each implementation, timed in `rounds` alternated
+    blocks (each at least `block` seconds and repeat/rounds calls): a shared machine's
+    drift, and thread pools that a library leaves spinning after its own calls
+    (PyTorch's, XLA's), then weigh on every implementation alike."""
+    for fn in impls.values():
+        fn()
+    times: dict = {k: [] for k in impls}
+    per_block = max(1, -(-repeat // rounds))
+    for _ in range(rounds):
+        for k, fn in impls.items():
+            start, n = time.perf_counter(), 0
+            while n < per_block or time.perf_counter() - start < block:
+                t0 = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t0)
+                n += 1
+    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def gemm_peak(dtype: str, n: int = 1024) -> float:
@@ -151,7 +174,7 @@ def run_case(cell, size, dtype, refs, repeat, peak, log):
             impls_ref["jax jit"] = lambda: g(x, y)
             extra["jax compile s"] = compile_s
         impls.update(impls_ref)
-    times = {k: median_seconds(f, repeat) for k, f in impls.items()}
+    times = alternated_medians(impls, repeat)
     flops = step_flops(cell, B, T, D, H)
     ref_names = [k for k in times if not k.startswith("ours")]
     best_ref = min(ref_names, key=times.get) if ref_names else "ours (numpy backend)"
