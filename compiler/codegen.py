@@ -22,7 +22,7 @@ import re
 from . import blas, vecmath
 from .expr import Expr
 from .loopir import (Apply, Check, Const, Fused, Gather, Iota, Load, Loop, Map, MatMul,
-                     Program, Reduce, ScatterAdd)
+                     Program, Reduce, Ref, ScatterAdd)
 
 I1, I8, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(64)
 F32, F64 = ir.FloatType(), ir.DoubleType()
@@ -51,6 +51,7 @@ class Emitter:
         self.base: dict = {}
         self.strides: dict = {}   # collapsed strides of the refs of the current statement
         self.regs: dict = {}      # view → value computed at this index (fused maps)
+        self.pack_flags: dict = {}  # panel buffer id → i1 slot: packed in this loop run
 
     # ----------------------------------------------------------------- plumbing
 
@@ -280,6 +281,26 @@ class Emitter:
             with otherwise:
                 self._matmul_general(s)
 
+    def pack_flag(self, buf):
+        """i1 slot: the panels in `buf` hold this run's weights."""
+        flag = self.pack_flags.get(buf.id)
+        if flag is None:
+            with self.b.goto_entry_block():
+                flag = self.pack_flags[buf.id] = self.b.alloca(I1, name=f"packed{buf.id}")
+                self.b.store(ir.Constant(I1, 0), flag)
+        return flag
+
+    def _pack_panels(self, s: MatMul):
+        """P[j, k, r] = B[k, j·NR + r], once per run of the loop (see `emit_Loop`)."""
+        b = self.b
+        flag = self.pack_flag(s.packed.buf)
+        with b.if_then(b.not_(b.load(flag, typ=I1))):
+            P, B = s.packed, s.b
+            nr = P.shape[2]
+            src = Ref(B.buf, B.offset, P.shape, (nr * B.strides[1], B.strides[0], B.strides[1]))
+            self.emit_Map(Map(Ref.full(P.buf, P.shape), Load(src)))
+            b.store(ir.Constant(I1, 1), flag)
+
     def _matmul_panels(self, s: MatMul):
         """out = A·B with B in panels P[j, k, :] = B[k, j·NR : (j+1)·NR], NR = 2L (L the
         vector width): tiles of R rows × NR columns held in 2R vector registers.
@@ -297,6 +318,7 @@ class Emitter:
         inner loop is 2R fused multiply-adds on two loads and R broadcasts. The weights
         are packed once per call, not once per step as a library call on the unpacked
         matrix does."""
+        self._pack_panels(s)
         b = self.b
         out, A, P = s.out, s.a, s.packed
         n_panels, K, nr = (d.const for d in P.shape)
@@ -543,6 +565,10 @@ class Emitter:
 
     def emit_Loop(self, s: Loop):
         count = self.ex(s.count)
+        # weights in panels are loop-invariant: packed at most once per run of the loop
+        for st in _walk_body(s.body):
+            if isinstance(st, MatMul) and st.packed is not None:
+                self.b.store(ir.Constant(I1, 0), self.pack_flag(st.packed.buf))
 
         def body(i):
             self.env[s.var] = self.b.sub(self.b.sub(count, self.i64(1)), i) if s.reverse else i

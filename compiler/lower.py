@@ -97,8 +97,7 @@ class Lowering:
         self._loops = itertools.count()
         self.items: dict[int, set] = {}     # scan node → which of its outputs are used
         self.fuse_sum: set[int] = set()     # matmuls whose only use is a sum over axis 0
-        self.pre: list | None = None        # statements before the loop being lowered
-        self.invariant: set = set()         # its loop-invariant buffers
+        self.invariant: set = set()         # loop-invariant buffers of the loop being lowered
         self.panels: dict = {}              # view of a weight → its panel-packed copy
 
     # ----------------------------------------------------------------- buffers
@@ -413,13 +412,13 @@ def _matmul(lw, node, vals, body):
 
 
 def _panels(lw, a: Ref, b: Ref) -> Ref | None:
-    """A per-step product h·W inside a loop, with W loop-invariant and static: W copied
-    once, before the loop, into panels [N / NR, K, NR] (NR = two vector widths) that
-    the register-tiled kernel of `codegen` streams through; None where that does not
-    apply (then BLAS or the generated loops run the product as given)."""
+    """A per-step product h·W inside a loop, with W loop-invariant and static: a buffer
+    for W in panels [N / NR, K, NR] (NR = two vector widths), which the register-tiled
+    kernel of `codegen` fills once per run of the loop and streams through; None where
+    that does not apply (then BLAS or the generated loops run the product as given)."""
     from . import vecmath
     host = vecmath.isa()
-    if (lw.pre is None or a.ndim != 2 or b.buf.id not in lw.invariant or host is None
+    if (a.ndim != 2 or b.buf.id not in lw.invariant or host is None
             or a.dtype not in ("float32", "float64")):
         return None
     K, N = b.shape
@@ -427,11 +426,8 @@ def _panels(lw, a: Ref, b: Ref) -> Ref | None:
     if not (K.is_const and N.is_const) or N.const % nr:
         return None
     key = b.view
-    if key not in lw.panels:
-        packed = lw.new((N.const // nr, K, nr), b.dtype)
-        src = Ref(b.buf, b.offset, packed.shape, (nr * b.strides[1], b.strides[0], b.strides[1]))
-        lw.pre.append(Map(packed, Load(src)))
-        lw.panels[key] = packed
+    if key not in lw.panels:        # filled by the kernel when a tiled product first runs
+        lw.panels[key] = lw.new((N.const // nr, K, nr), b.dtype)
     return lw.panels[key]
 
 
@@ -609,13 +605,12 @@ def _scan(lw, node, vals, body):
         env[id(b)] = index0(x, t)
     for b, c in zip(g.inputs[nc + nx:], consts):
         env[id(b)] = c
-    saved = lw.pre, lw.invariant, lw.panels
-    lw.pre, lw.invariant, lw.panels = body, {c.buf.id for c in consts
-                                             if isinstance(c, Ref)}, {}
+    saved = lw.invariant, lw.panels
+    lw.invariant, lw.panels = {c.buf.id for c in consts if isinstance(c, Ref)}, {}
     try:
         outs = lw.lower_nodes(g, env, inner)
     finally:
-        lw.pre, lw.invariant, lw.panels = saved
+        lw.invariant, lw.panels = saved
     for y, v in zip(ys, outs[nc:]):
         if y is not None:
             lw.store(index0(y, t), v, inner)

@@ -54,3 +54,24 @@ def test_autograph_bench_command_runs_the_program(capsys):
         main(["bench", "--help"])
     assert e.value.code == 0
     assert "usage: autograph bench" in capsys.readouterr().out
+
+
+def _load_passes():
+    spec = importlib.util.spec_from_file_location("bench_passes", ROOT / "bench" / "passes.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_passes_program_compares_each_pass_and_restores_the_compiler(capsys):
+    passes = _load_passes()
+    import compiler.pipeline as pipeline
+    fuse = pipeline.fuse
+    passes.main(["--cells", "lstm", "--sizes", "tiny", "--dtypes", "float64",
+                 "--rounds", "1"])
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| lstm | tiny |"))
+    assert len(row.split("|")) == 2 + 4 + 2 * 3 + 1     # cells around 4 + 2·3 + 1 columns
+    assert pipeline.fuse is fuse
+    with pytest.raises(ValueError, match="unknown pass"):
+        passes.without("unrolling").__enter__()

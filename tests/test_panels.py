@@ -106,3 +106,44 @@ def test_the_single_thread_switch_reaches_the_kernel():
             blas_threads.set(None)
         for g, w in zip(got, want):
             np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+
+
+def test_panels_are_repacked_for_each_run_of_an_inner_loop():
+    """An outer scan hands each step a new weight W_t, which the inner scan reads as its
+    loop-invariant weight: the panels must be filled again for every outer step."""
+    dtype = "float64"
+    nr = _lane(dtype)
+    K = N = nr
+    Ws = ag.placeholder("Ws", ("T2", K, N), dtype)
+    x = ag.placeholder("x", ("T", "B", N), dtype)
+    s0 = ag.placeholder("s0", ("B", K), dtype)
+
+    def outer(s, W_t):
+        def inner(h, x_t):
+            h_new = ag.tanh(h @ W_t + x_t)
+            return h_new, h_new
+        s_new, _ = ag.scan(inner, s, x)
+        return s_new, ag.sum(s_new * s_new)
+    _, per_step = ag.scan(outer, s0, Ws)
+    outs = [per_step, ag.grad(ag.sum(per_step), Ws)]
+    rng = np.random.default_rng(5)
+    args = [rng.standard_normal((3, K, N)) / np.sqrt(K), rng.standard_normal((4, 6, N)),
+            rng.standard_normal((6, K))]
+    want = ag.function([Ws, x, s0], outs)(*args)
+    f = ag.function([Ws, x, s0], outs, backend="llvm")
+    blas_threads.set(1)
+    try:
+        got = f.runner.kernel.run(args, {"T2": 3, "T": 4, "B": 6})
+    finally:
+        blas_threads.set(None)
+    assert any(st.packed is not None for st in _walk(f.runner.kernel.prog.body)
+               if isinstance(st, MatMul))
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+
+
+def _walk(body):
+    for s in body:
+        yield s
+        if isinstance(s, Loop):
+            yield from _walk(s.body)
