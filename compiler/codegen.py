@@ -22,7 +22,7 @@ import re
 from . import blas, vecmath
 from .expr import Expr
 from .loopir import (Apply, Check, Const, Fused, Gather, Iota, Load, Loop, Map, MatMul,
-                     Program, Reduce, Ref, ScatterAdd)
+                     Program, Reduce, Ref, ScatterAdd, tree_nodes, walk)
 
 I1, I8, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(64)
 F32, F64 = ir.FloatType(), ir.DoubleType()
@@ -205,7 +205,7 @@ class Emitter:
         """Merge adjacent axes that every ref walks as one (row-major contiguous in both,
         or both broadcast): fewer, longer loops. Sets `self.strides` for the refs."""
         self.strides = {}
-        if any(isinstance(t, (Iota, Gather)) for tree in trees for t in _nodes(tree)) \
+        if any(isinstance(t, (Iota, Gather)) for tree in trees for t in tree_nodes(tree)) \
                 or len(shape) < 2:
             return shape
         shape = list(shape)
@@ -566,7 +566,7 @@ class Emitter:
     def emit_Loop(self, s: Loop):
         count = self.ex(s.count)
         # weights in panels are loop-invariant: packed at most once per run of the loop
-        for st in _walk_body(s.body):
+        for st in walk(s.body):
             if isinstance(st, MatMul) and st.packed is not None:
                 self.b.store(ir.Constant(I1, 0), self.pack_flag(st.packed.buf))
 
@@ -584,7 +584,7 @@ class Emitter:
         if not blas.available():
             return ir.Constant(I1, 1)
         if not any(isinstance(st, MatMul) and st.packed is not None
-                   for st in _walk_body(self.prog.body)):
+                   for st in walk(self.prog.body)):
             return ir.Constant(I1, 0)
         i32 = ir.IntType(32)
         fn = self.module.globals.get(blas.GET_THREADS) or ir.Function(
@@ -650,31 +650,11 @@ def _blas_layout(s: MatMul):
     return a, b, s.out.strides[-2]
 
 
-def _walk_body(body):
-    for st in body:
-        yield st
-        if isinstance(st, Loop):
-            yield from _walk_body(st.body)
-        elif isinstance(st, Fused):
-            yield from st.maps
-
-
 def _region(buf):
     """The memory region of a buffer (see `Emitter.alias_scopes`)."""
     if buf.kind == "input":
         return ("inputs", 0)
     return (buf.kind, buf.index if buf.kind in ("arena", "output") else buf.id)
-
-
-def _nodes(tree):
-    stack = [tree]
-    while stack:
-        t = stack.pop()
-        yield t
-        if isinstance(t, Apply):
-            stack.extend(t.args)
-        elif isinstance(t, Gather):
-            stack.append(t.idx)
 
 
 def convert(b, v, src: str, dst: str):

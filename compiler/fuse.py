@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from .expr import Expr, product, row_major
 from .loopir import Apply, Fused, Gather, Iota, Load, Loop, Map, MatMul, Program, Ref, \
-    Reduce, ScatterAdd, tree_refs
+    Reduce, ScatterAdd, tree_nodes, tree_refs, walk
 
 MAX_INLINED = 64     # nodes of a reader's tree after a producer is substituted into it
 
@@ -34,30 +34,12 @@ def fuse(prog: Program) -> Program:
     _inline(prog.body, reads, writes)
     reads, writes = _accesses(prog.body)
     _group(prog.body, reads, writes)
-    used = {r.buf.id for s in _walk(prog.body) for r in s.refs()}
+    used = {r.buf.id for s in walk(prog.body) for r in s.refs()}
     prog.buffers = [b for b in prog.buffers if b.kind != "arena" or b.id in used]
     return prog
 
 
 # ----------------------------------------------------------------------------- access tables
-
-def _walk(body):
-    for s in body:
-        yield s
-        if isinstance(s, Loop):
-            yield from _walk(s.body)
-
-
-def _tree_nodes(tree):
-    stack = [tree]
-    while stack:
-        t = stack.pop()
-        yield t
-        if isinstance(t, Apply):
-            stack.extend(t.args)
-        elif isinstance(t, Gather):
-            stack.append(t.idx)
-
 
 def _written(s) -> list:
     if isinstance(s, (Map, Reduce, MatMul, ScatterAdd)):
@@ -72,7 +54,7 @@ def _accesses(body):
     scatter reads what it accumulates into, so its output counts as both."""
     reads: dict = {}
     writes: dict = {}
-    for s in _walk(body):
+    for s in walk(body):
         if isinstance(s, Loop):
             continue
         out = _written(s)
@@ -169,7 +151,7 @@ def _try_inline(body, k, reads, writes) -> bool:
         return False
     bid = p.out.buf.id
     if len(writes.get(bid, ())) != 1 or any(isinstance(t, (Iota, Gather))
-                                            for t in _tree_nodes(p.tree)):
+                                            for t in tree_nodes(p.tree)):
         return False
     users = reads.get(bid, [])
     positions = {id(s): j for j, s in enumerate(body)}
@@ -207,7 +189,7 @@ def _try_inline(body, k, reads, writes) -> bool:
 
 
 def _stmts(s):
-    return list(_walk(s.body)) if isinstance(s, Loop) else [s]
+    return list(walk(s.body)) if isinstance(s, Loop) else [s]
 
 
 def _retable(reads, writes, p, users):
@@ -274,7 +256,7 @@ def _joins(m: Map, group: list) -> bool:
 def _irregular(m: Map) -> bool:
     """Index-dependent trees (iota, gathers) keep their own loops: their index space
     cannot be merged with another statement's."""
-    return any(isinstance(t, (Iota, Gather)) for t in _tree_nodes(m.tree))
+    return any(isinstance(t, (Iota, Gather)) for t in tree_nodes(m.tree))
 
 
 def _group(body, reads, writes):

@@ -184,6 +184,26 @@ def tree_refs(tree) -> list:
     return out
 
 
+def tree_nodes(tree):
+    """Every node of a scalar tree."""
+    stack = [tree]
+    while stack:
+        t = stack.pop()
+        yield t
+        if isinstance(t, Apply):
+            stack.extend(t.args)
+        elif isinstance(t, Gather):
+            stack.append(t.idx)
+
+
+def walk(body):
+    """Every statement of `body`, loop bodies included (after their loop)."""
+    for s in body:
+        yield s
+        if isinstance(s, Loop):
+            yield from walk(s.body)
+
+
 @dataclass(frozen=True)
 class Lazy:
     """An elementwise value not yet stored: its tree is inlined into its one consumer."""

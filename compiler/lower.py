@@ -24,7 +24,7 @@ from autograph.graph import Graph
 
 from .expr import Expr, product, row_major
 from .loopir import (Apply, Buffer, Check, Const, Gather, Iota, Lazy, Lit, Load, Loop, Map,
-                     MatMul, Program, Reduce, Ref, ScatterAdd, tree_refs)
+                     MatMul, Program, Reduce, Ref, ScatterAdd, tree_refs, walk)
 
 LOWER: dict = {}
 
@@ -208,7 +208,7 @@ class Lowering:
         symbols = set()
         for b in self.buffers:
             symbols |= b.size.symbols
-        for s in _walk(body):
+        for s in walk(body):
             for r in s.refs():
                 symbols |= r.offset.symbols
                 for e in r.shape + r.strides:
@@ -222,13 +222,6 @@ class Lowering:
         dims = sorted(s for s in symbols if not s.startswith("$"))
         return Program(inputs, out_bufs, out_shapes, self.buffers, body, dims,
                        self.constraints, self.errors)
-
-
-def _walk(body):
-    for s in body:
-        yield s
-        if isinstance(s, Loop):
-            yield from _walk(s.body)
 
 
 # ----------------------------------------------------------------------------- sources

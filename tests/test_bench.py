@@ -8,8 +8,10 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def load():
-    spec = importlib.util.spec_from_file_location("bench_workload", ROOT / "bench" / "workload.py")
+def load(program="workload"):
+    """bench/<program>.py as a module (bench/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{program}",
+                                                  ROOT / "bench" / f"{program}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -56,15 +58,8 @@ def test_autograph_bench_command_runs_the_program(capsys):
     assert "usage: autograph bench" in capsys.readouterr().out
 
 
-def _load_passes():
-    spec = importlib.util.spec_from_file_location("bench_passes", ROOT / "bench" / "passes.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_passes_program_compares_each_pass_and_restores_the_compiler(capsys):
-    passes = _load_passes()
+    passes = load("passes")
     import compiler.pipeline as pipeline
     fuse = pipeline.fuse
     passes.main(["--cells", "lstm", "--sizes", "tiny", "--dtypes", "float64",
