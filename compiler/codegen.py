@@ -20,6 +20,7 @@ from llvmlite import ir
 import re
 
 from . import blas, vecmath
+from . import microkernels
 from .expr import Expr
 from .loopir import (Apply, Check, Const, Fused, Gather, Iota, Load, Loop, Map, MatMul,
                      Program, Reduce, Ref, ScatterAdd, tree_nodes, walk)
@@ -32,7 +33,7 @@ MEM = {"float32": F32, "float64": F64, "int64": I64, "bool": I8}
 FLOATS = ("float32", "float64")
 PANEL_MIN_ROWS = 4          # fewer rows: the row-vector loops or BLAS (latency-bound tiles)
 PANEL_MAX_WORK = 1 << 20    # M·N·K up to which the tiles beat a multi-threaded library call
-PANEL_KC = 256              # steps of k per pass: a block of rows of A stays in L1
+DOTS_MAX_ROWS = 3           # products with B = Wᵀ and at most this many rows: dot products
 
 
 class Emitter:
@@ -62,6 +63,10 @@ class Emitter:
         if fn is None:
             fn = ir.Function(self.module, ir.FunctionType(ty, [ty] * n_args), full)
         return fn
+
+    def micro(self, kind: str, dtype: str):
+        """A product kernel of the shared library (`microkernels`), declared here."""
+        return microkernels.declare(self.module, kind, dtype)
 
     def vecmath(self, name: str, ty):
         """`name` (exp, log, tanh) through its vectorizable wrapper (see vecmath.py)."""
@@ -267,7 +272,7 @@ class Emitter:
         else: for batch…: for i < M: out[i, :] = 0; for k < K: a = A[i, k];
                                       for j < N: out[i, j] += a·B[k, j]
         """
-        if s.packed is None:
+        if s.packed is None or s.out.strides[-1] != Expr.of(1):
             self._matmul_general(s)
             return
         b = self.b
@@ -302,103 +307,36 @@ class Emitter:
             b.store(ir.Constant(I1, 1), flag)
 
     def _matmul_panels(self, s: MatMul):
-        """out = A·B with B in panels P[j, k, :] = B[k, j·NR : (j+1)·NR], NR = 2L (L the
-        vector width): tiles of R rows × NR columns held in 2R vector registers.
-
-            for each chunk of PANEL_KC steps of k (the first one starts from zero):
-              for j < N / NR:
-                for each block of R rows (R = 8 while 8 remain, then 4, 2, 1):
-                  acc[r][0..1] = out[i + r, j·NR : (j+1)·NR]   (0 in the first chunk)
-                  for k in chunk: p0, p1 = P[j, k, 0:L], P[j, k, L:2L]
-                                  for r < R: a = splat(A[i + r, k]); acc[r][v] += a·p_v
-                  out[i + r, j·NR : (j+1)·NR] = acc[r]
-
-        One chunk of a panel (PANEL_KC·NR numbers) stays in L1 while every block of
-        rows passes over it, so the weights stream from memory once per product; the
-        inner loop is 2R fused multiply-adds on two loads and R broadcasts. The weights
-        are packed once per call, not once per step as a library call on the unpacked
-        matrix does."""
+        """out = A·B with B in panels (see `microkernels.panels`), packed first if this
+        run of the loop has not packed them yet."""
         self._pack_panels(s)
-        b = self.b
         out, A, P = s.out, s.a, s.packed
-        n_panels, K, nr = (d.const for d in P.shape)
-        width = nr // 2
-        ty = REG[out.dtype]
-        vty = ir.VectorType(ty, width)
-        align = 4 if out.dtype == "float32" else 8
-        fma_name = f"llvm.fma.v{width}{'f32' if out.dtype == 'float32' else 'f64'}"
-        fma = self.module.globals.get(fma_name) or ir.Function(
-            self.module, ir.FunctionType(vty, [vty] * 3), fma_name)
-        undef = ir.Constant(vty, ir.Undefined)
-        splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
-        zero = ir.Constant(vty, [0.0] * width)
-        with b.goto_entry_block():      # promoted to registers by mem2reg
-            accs = [[b.alloca(vty, name=f"pacc{r}_{v}") for v in range(2)] for r in range(8)]
-
-        def out_ptr(i0, r, j, v):
-            col = b.add(b.mul(j, self.i64(nr)), self.i64(v * width))
-            return self.ptr(out, (b.add(i0, self.i64(r)), col))
-
-        def tile(rows, i0, j, k0, klen, first):
-            """Rows i0 … i0 + rows − 1 of panel j, over steps k0 … k0 + klen − 1."""
-            for r in range(rows):
-                for v in range(2):
-                    old = self.tag(b.load(out_ptr(i0, r, j, v), typ=vty, align=align),
-                                   out.buf)
-                    b.store(b.select(first, zero, old), accs[r][v])
-
-            def step(kk):
-                k = b.add(k0, kk)
-                base = b.add(b.mul(j, self.i64(K * nr)), b.mul(k, self.i64(nr)))
-                p = [self.tag(b.load(self.at(P.buf, b.add(base, self.i64(v * width))),
-                                     typ=vty, align=align), P.buf) for v in range(2)]
-                for r in range(rows):
-                    a = self.load(A, (b.add(i0, self.i64(r)), k))
-                    a = b.shuffle_vector(b.insert_element(undef, a, ir.Constant(I64, 0)),
-                                         undef, splat_mask)
-                    for v in range(2):
-                        b.store(b.call(fma, [a, p[v], b.load(accs[r][v], typ=vty)]),
-                                accs[r][v])
-            self.loop(klen, step, "pk")
-            for r in range(rows):
-                for v in range(2):
-                    self.tag(b.store(b.load(accs[r][v], typ=vty), out_ptr(i0, r, j, v),
-                                     align=align), out.buf)
-
-        M = self.ex(out.shape[0])
-
-        def chunk(c):
-            k0 = b.mul(c, self.i64(PANEL_KC))
-            klen = b.select(b.icmp_signed("<", b.sub(self.i64(K), k0), self.i64(PANEL_KC)),
-                            b.sub(self.i64(K), k0), self.i64(PANEL_KC))
-            first = b.icmp_signed("==", c, self.i64(0))
-
-            def panel(j):
-                blocks = b.sdiv(M, self.i64(8))
-                self.loop(blocks, lambda ib: tile(8, b.mul(ib, self.i64(8)), j, k0, klen, first),
-                          "pi")
-                i0 = b.mul(blocks, self.i64(8))
-                rest = b.sub(M, i0)
-                for rows in (4, 2, 1):
-                    has = b.icmp_signed("!=", b.and_(rest, self.i64(rows)), self.i64(0))
-                    with b.if_then(has):
-                        tile(rows, i0, j, k0, klen, first)
-                    i0 = b.add(i0, b.and_(rest, self.i64(rows)))
-            self.loop(self.i64(n_panels), panel, "pj")
-        self.loop(self.i64(-(-K // PANEL_KC)), chunk, "pc")
+        n_panels, K, _ = (d.const for d in P.shape)
+        zero = self.i64(0)
+        self.b.call(self.micro("panels", out.dtype), [
+            self.ex(out.shape[0]), self.i64(n_panels), self.i64(K),
+            self.ptr(A, (zero, zero)), self.ex(A.strides[0]), self.ex(A.strides[1]),
+            self.at(P.buf, self.ex(P.offset)), self.ptr(out, (zero, zero)),
+            self.ex(out.strides[0])])
 
     def _matmul_general(self, s: MatMul):
         out, A = s.out, s.a
         layout = _blas_layout(s) if s.out.dtype in FLOATS and blas.available() else None
         if layout is None:
-            self._matmul_loops(s)
+            if self._dots_apply(s):
+                self._matmul_dots(s)
+            else:
+                self._matmul_loops(s)
             return
         M, N, K = (self.ex(e) for e in (out.shape[-2], out.shape[-1], A.shape[-1]))
         b = self.b
         # B read across its rows would make the loops stride through memory, which
-        # costs more than a library call even for the smallest products
+        # costs more than a library call even for the smallest products — except for
+        # a few rows, where dot products along k run at the speed of streaming B
         if layout[1][0] == blas.TRANS:
             use = ir.Constant(I1, 1)
+            if self._dots_apply(s):
+                use = b.icmp_signed(">=", M, self.i64(DOTS_MAX_ROWS + 1))
         else:
             work = b.mul(b.mul(M, N), K)
             use = b.icmp_signed(">=", work, self.i64(blas.BLAS_MIN_WORK))
@@ -414,7 +352,29 @@ class Emitter:
             with then:
                 self._matmul_blas(s, layout, M, N, K)
             with otherwise:
-                self._matmul_loops(s)
+                if self._dots_apply(s):
+                    self._matmul_dots(s)
+                else:
+                    self._matmul_loops(s)
+
+    def _dots_apply(self, s: MatMul) -> bool:
+        one = Expr.of(1)
+        return (s.out.dtype in FLOATS and s.a.strides[-1] == one and s.b.strides[-2] == one
+                and s.b.strides[-1] != one)
+
+    def _matmul_dots(self, s: MatMul):
+        """Dot products along k (`microkernels.dots`), per batch."""
+        out, A, B = s.out, s.a, s.b
+        zero = self.i64(0)
+
+        def call(bidx):
+            self.b.call(self.micro("dots", out.dtype), [
+                self.ex(out.shape[-2]), self.ex(out.shape[-1]), self.ex(A.shape[-1]),
+                self.ptr(A, bidx + (zero, zero)), self.ex(A.strides[-2]),
+                self.ptr(B, bidx + (zero, zero)), self.ex(B.strides[-1]),
+                self.ptr(out, bidx + (zero, zero)), self.ex(out.strides[-2]),
+                self.ex(out.strides[-1])])
+        self.nest(out.shape[:out.ndim - 2], call)
 
     def _matmul_blas(self, s: MatMul, layout, M, N, K):
         out, A, B = s.out, s.a, s.b
@@ -466,70 +426,21 @@ class Emitter:
         self.nest(out.shape[:nb], per_batch)
 
     def _matmul_rows(self, s: MatMul) -> bool:
-        """out[i, :] = Σ_k A[i, k]·B[k, :] with the row of out held in vector registers:
-        per k one broadcast of A[i, k] and N/L fused multiply-adds on rows of B, no load or
-        store of out inside the k loop. Used when N is a compile-time multiple of the
-        vector width L and fits in 16 registers, and rows of B and out are contiguous."""
+        """Rows of out held in vector registers (`microkernels.rows`), per batch; for
+        float products whose B and out have contiguous rows."""
         out, A, B = s.out, s.a, s.b
-        N = out.shape[-1]
-        one = Expr.of(1)
-        if out.dtype not in FLOATS or not N.is_const or B.strides[-1] != one \
-                or out.strides[-1] != one:
+        one, zero = Expr.of(1), self.i64(0)
+        if out.dtype not in FLOATS or B.strides[-1] != one or out.strides[-1] != one:
             return False
-        host = vecmath.isa()
-        width = (host[1] if host else 16) // (4 if out.dtype == "float32" else 8)
-        n = N.const
-        if n % width or not 0 < n // width <= 16:
-            return False
-        b = self.b
-        ty = REG[out.dtype]
-        vty = ir.VectorType(ty, width)
-        nvec = n // width
-        # independent sets of accumulators over k hide the latency of the fused
-        # multiply-adds when the row is only one or two vectors wide
-        splits = max(1, min(4, 8 // nvec))
-        with b.goto_entry_block():      # promoted to registers by mem2reg
-            accs = [[b.alloca(vty, name=f"acc{s}_{v}") for v in range(nvec)]
-                    for s in range(splits)]
-        zero = ir.Constant(vty, [0.0] * width)
-        nb = out.ndim - 2
-        undef = ir.Constant(vty, ir.Undefined)
-        splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
-        fma_name = f"llvm.fma.v{width}{'f32' if out.dtype == 'float32' else 'f64'}"
-        fma = self.module.globals.get(fma_name) or ir.Function(
-            self.module, ir.FunctionType(vty, [vty] * 3), fma_name)
-        K = self.ex(A.shape[-1])
 
-        def per_batch(bidx):
-            def row(i):
-                for acc_set in accs:
-                    for acc in acc_set:
-                        b.store(zero, acc)
-
-                def update(k, acc_set):
-                    a = self.load(A, bidx + (i, k))
-                    a = b.shuffle_vector(b.insert_element(undef, a, ir.Constant(I64, 0)),
-                                         undef, splat_mask)
-                    for v, acc in enumerate(acc_set):
-                        row_k = b.load(self.ptr(B, bidx + (k, self.i64(v * width))), typ=vty,
-                                       align=out_align)
-                        b.store(b.call(fma, [a, row_k, b.load(acc, typ=vty)]), acc)
-
-                def block(k2):
-                    for sp in range(splits):
-                        update(b.add(b.mul(k2, self.i64(splits)), self.i64(sp)), accs[sp])
-                self.loop(b.sdiv(K, self.i64(splits)), block, "k")
-                done = b.mul(b.sdiv(K, self.i64(splits)), self.i64(splits))
-                self.loop(b.sub(K, done), lambda r: update(b.add(done, r), accs[0]), "kr")
-                for v in range(nvec):
-                    total = b.load(accs[0][v], typ=vty)
-                    for sp in range(1, splits):
-                        total = b.fadd(total, b.load(accs[sp][v], typ=vty))
-                    b.store(total, self.ptr(out, bidx + (i, self.i64(v * width))),
-                            align=out_align)
-            self.loop(self.ex(out.shape[-2]), row, "m")
-        out_align = 4 if out.dtype == "float32" else 8
-        self.nest(out.shape[:nb], per_batch)
+        def call(bidx):
+            self.b.call(self.micro("rows", out.dtype), [
+                self.ex(out.shape[-2]), self.ex(out.shape[-1]), self.ex(A.shape[-1]),
+                self.ptr(A, bidx + (zero, zero)), self.ex(A.strides[-2]),
+                self.ex(A.strides[-1]), self.ptr(B, bidx + (zero, zero)),
+                self.ex(B.strides[-2]), self.ptr(out, bidx + (zero, zero)),
+                self.ex(out.strides[-2])])
+        self.nest(out.shape[:out.ndim - 2], call)
         return True
 
     def emit_ScatterAdd(self, s: ScatterAdd):

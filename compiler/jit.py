@@ -119,10 +119,15 @@ def cache_key(program_digest: str) -> str:
     return h.hexdigest()
 
 
-def cache_load(key: str) -> bytes | None:
+def _entry(key: str, prefix: str) -> pathlib.Path:
+    return cache_dir() / f"{prefix}{key}.o"
+
+
+def cache_load(key: str, prefix: str = "") -> bytes | None:
     """The object code stored under `key`, or None. A corrupt, truncated or foreign
-    entry is logged, removed and ignored."""
-    path = cache_dir() / f"{key}.o"
+    entry is logged, removed and ignored. Kernels are stored as `<key>.o`, the
+    product-kernel library as `library-<key>.o`."""
+    path = _entry(key, prefix)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -149,7 +154,7 @@ def cache_load(key: str) -> bytes | None:
     return payload
 
 
-def cache_store(key: str, payload: bytes) -> None:
+def cache_store(key: str, payload: bytes, prefix: str = "") -> None:
     """Write an entry atomically (a temp file in the same directory, then rename)."""
     d = cache_dir()
     blob = (CACHE_FORMAT + bytes.fromhex(key) + hashlib.sha256(payload).digest()
@@ -160,7 +165,7 @@ def cache_store(key: str, payload: bytes) -> None:
             f.write(blob)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, d / f"{key}.o")
+        os.replace(tmp, _entry(key, prefix))
     except OSError as e:
         log.warning("could not write kernel cache entry: %s", e)
         try:
@@ -172,11 +177,34 @@ def cache_store(key: str, payload: bytes) -> None:
 # ----------------------------------------------------------------------------- kernels
 
 _KERNEL_T = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 6)
+_library: bytes | None = None
+LIBRARY_PREFIX = "library-"
+library_seconds = 0.0       # what building the product-kernel library took (0: cache)
+
+
+def library_object() -> bytes:
+    """The object code of the product kernels every kernel calls (`microkernels`):
+    built once per host and compiler version and cached on disk like a kernel, then
+    kept for the process; each engine loads it next to its kernel."""
+    global _library, library_seconds
+    with _lock:
+        if _library is None:
+            from .microkernels import library_ir
+            key = cache_key("microkernel library")
+            obj = cache_load(key, LIBRARY_PREFIX)
+            if obj is None:
+                t0 = time.perf_counter()
+                obj = target_machine()[0].emit_object(optimize(library_ir()))
+                library_seconds = time.perf_counter() - t0
+                cache_store(key, obj, LIBRARY_PREFIX)
+            _library = obj
+        return _library
 
 
 def jit(prog: Program, use_cache: bool = True):
     """(engine, function address, seconds spent in code generation and in LLVM,
     whether the cache answered). The LLVM IR is generated only on a cache miss."""
+    library = library_object()      # built outside the kernel's compile time
     t0 = time.perf_counter()
     tm = target_machine()[0]
     key = cache_key(fingerprint(prog)) if use_cache else None
@@ -192,6 +220,7 @@ def jit(prog: Program, use_cache: bool = True):
             cache_store(key, obj)
     # An execution engine owns (and frees) its target machine: give it its own.
     engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), _new_target_machine())
+    engine.add_object_file(llvm.ObjectFileRef.from_data(library))
     engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
     engine.finalize_object()
     addr = engine.get_function_address("kernel")

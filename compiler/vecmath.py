@@ -40,6 +40,19 @@ def isa() -> tuple[str, int] | None:
     return None
 
 
+def lanes(dtype: str) -> int:
+    """Numbers of `dtype` in one vector register of the host (64-byte vectors assumed
+    when the host's vector unit is unknown: LLVM splits them)."""
+    host = isa()
+    return (host[1] if host else 64) // (4 if dtype == "float32" else 8)
+
+
+def vector_registers() -> int:
+    """Vector registers the host has: 32 with AVX-512, 16 otherwise (AVX2, SSE)."""
+    host = isa()
+    return 32 if host is not None and host[0] == "e" else 16
+
+
 def wrapper_name(fn: str, dtype: str) -> str:
     return f"ag_{fn}_{'f32' if dtype == 'float32' else 'f64'}"
 

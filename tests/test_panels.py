@@ -1,6 +1,6 @@
 """The register-tiled product of the compiler (codegen `_matmul_panels`): per-step
 products h·W inside a loop, with W copied once into panels. Checked against NumPy
-on every row-tile combination (8, 4, 2, 1 rows), chunked k (PANEL_KC) with a
+on every row-tile combination (8 or 6, 4, 2, 1 rows), chunked k (PANEL_KC) with a
 remainder, both dtypes, on one BLAS thread (as in a sharded call) and on the
 default count; and that the loop IR uses panels where it should."""
 import numpy as np

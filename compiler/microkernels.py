@@ -1,0 +1,344 @@
+"""The product kernels shared by every matrix product of a module.
+
+Each kind is emitted once per dtype as an internal, never-inlined function with run-time
+sizes and strides, and every product that takes that path calls it. Before, each
+product carried its own copy of each fallback path: products were 86% of the LLVM IR of
+an LSTM training step, and LLVM's time grows with the IR it is given.
+
+    rows(M, N, K, A, sa0, sa1, B, sb0, C, sc0)
+        C[i, j] = Σ_k A[i·sa0 + k·sa1] · B[k·sb0 + j]      (rows of B and C contiguous)
+        A block of the row of C in vector registers: per k one broadcast of A[i, k] and
+        one fused multiply-add per vector of the block. Blocks of half the vector
+        registers (8 with AVX2, 16 with AVX-512), then of 4, 2, 1 vectors (more
+        accumulator sets over k for narrow blocks, to hide the latency of the
+        multiply-add), then scalar columns.
+
+    dots(M, N, K, A, sa0, B, sb1, C, sc0, sc1)
+        C[i·sc0 + j·sc1] = Σ_k A[i·sa0 + k] · B[j·sb1 + k]  (B = Wᵀ: W's rows contiguous)
+        Dot products along k, 8 columns at a time (then 4, 2, 1), one vector accumulator
+        each; the k past the last full vector in scalars. The single-row products of
+        inference at B = 1: no library call's set-up and no copy of Wᵀ.
+
+    panels(M, NP, K, A, sa0, sa1, P, C, sc0)
+        C[i, j·NR + r] = Σ_k A[i·sa0 + k·sa1] · P[j, k, r]  (NR = 2 vectors, C's rows
+        contiguous). Register tiles of R rows × NR columns: R = 8 with 32 vector registers
+        (AVX-512), 6 with 16 (AVX2: 12 accumulators, 2 panel vectors, 1 broadcast), then
+        4, 2, 1 rows; k in chunks of PANEL_KC with the panel chunk kept in L1 while every
+        block of rows passes over it.
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+
+from . import vecmath
+
+I64 = ir.IntType(64)
+PTR = ir.PointerType()
+REG = {"float32": ir.FloatType(), "float64": ir.DoubleType()}
+PANEL_KC = 256              # steps of k per pass of the tiles: a block of rows stays in L1
+
+
+def panel_rows() -> int:
+    """Rows of a register tile of `panels`: 2 vector registers per row, 3 left for the
+    panel row and the broadcast."""
+    return 8 if vecmath.vector_registers() >= 32 else 6
+
+
+SIGNATURES = {
+    "rows": ["m", "n", "k", "A", "sa0", "sa1", "B", "sb0", "C", "sc0"],
+    "dots": ["m", "n", "k", "A", "sa0", "B", "sb1", "C", "sc0", "sc1"],
+    "panels": ["m", "np", "k", "A", "sa0", "sa1", "P", "C", "sc0"],
+}
+DTYPES = ("float32", "float64")
+
+
+def symbol(kind: str, dtype: str) -> str:
+    return f"ag_{kind}_{dtype}"
+
+
+def _fnty(kind):
+    return ir.FunctionType(ir.VoidType(), [PTR if a[0].isupper() else I64
+                                           for a in SIGNATURES[kind]])
+
+
+def declare(module: ir.Module, kind: str, dtype: str) -> ir.Function:
+    """The kernel `kind` for `dtype` as a declaration in `module` (its code is in the
+    library, see `library_ir`)."""
+    name = symbol(kind, dtype)
+    return module.globals.get(name) or ir.Function(module, _fnty(kind), name)
+
+
+def library_ir() -> str:
+    """The LLVM IR of every kernel for both dtypes: a library compiled once per host
+    and compiler version (cached on disk like a kernel) and loaded next to each
+    kernel, so a kernel's compile time is spent on its own code only."""
+    module = ir.Module(name="autograph_microkernels")
+    kernels = MicroKernels(module)
+    for kind in SIGNATURES:
+        for dtype in DTYPES:
+            getattr(kernels, "_" + kind)(symbol(kind, dtype), dtype)
+    return str(module)
+
+
+class _Body:
+    """Builder plumbing for one kernel function."""
+
+    def __init__(self, module, name, args, dtype):
+        self.module, self.dtype = module, dtype
+        self.ty = REG[dtype]
+        self.width = vecmath.lanes(dtype)
+        self.vty = ir.VectorType(self.ty, self.width)
+        self.align = 4 if dtype == "float32" else 8
+        types = [PTR if a[0].isupper() else I64 for a in args]
+        self.fn = ir.Function(module, ir.FunctionType(ir.VoidType(), types), name)
+        self.fn.attributes.add("nounwind")
+        self.arg = {}
+        for a, name_ in zip(self.fn.args, args):
+            a.name = name_
+            if name_[0].isupper():
+                a.add_attribute("noalias")
+            self.arg[name_] = a
+        self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
+        self.undef = ir.Constant(self.vty, ir.Undefined)
+        self.splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), self.width),
+                                      [0] * self.width)
+        self.zero_v = ir.Constant(self.vty, [0.0] * self.width)
+        self.zero = ir.Constant(self.ty, 0.0)
+        suffix = f"v{self.width}{'f32' if dtype == 'float32' else 'f64'}"
+        self.fma = self._intrinsic(f"llvm.fma.{suffix}", self.vty, [self.vty] * 3)
+        self.reduce = self._intrinsic(f"llvm.vector.reduce.fadd.{suffix}", self.ty,
+                                      [self.ty, self.vty])
+
+    def _intrinsic(self, name, ret, args):
+        return self.module.globals.get(name) or ir.Function(
+            self.module, ir.FunctionType(ret, args), name)
+
+    def c(self, v):
+        return ir.Constant(I64, int(v))
+
+    def loop(self, count, body, name="i"):
+        """for i in range(count): body(i)   (skipped when count <= 0)."""
+        b = self.b
+        pre = b.block
+        body_bb = self.fn.append_basic_block(f"{name}.body")
+        exit_bb = self.fn.append_basic_block(f"{name}.exit")
+        b.cbranch(b.icmp_signed(">", count, self.c(0)), body_bb, exit_bb)
+        b.position_at_end(body_bb)
+        i = b.phi(I64, name=name)
+        i.add_incoming(self.c(0), pre)
+        body(i)
+        nxt = b.add(i, self.c(1))
+        i.add_incoming(nxt, b.block)
+        b.cbranch(b.icmp_signed("<", nxt, count), body_bb, exit_bb)
+        b.position_at_end(exit_bb)
+
+    def at(self, base, off):
+        return self.b.gep(base, [off], inbounds=True, source_etype=self.ty)
+
+    def scalar(self, base, off):
+        return self.b.load(self.at(base, off), typ=self.ty)
+
+    def vector(self, base, off):
+        return self.b.load(self.at(base, off), typ=self.vty, align=self.align)
+
+    def splat(self, x):
+        b = self.b
+        return b.shuffle_vector(b.insert_element(self.undef, x, self.c(0)), self.undef,
+                                self.splat_mask)
+
+    def slots(self, n, ty, name):
+        with self.b.goto_entry_block():         # promoted to registers by mem2reg
+            return [self.b.alloca(ty, name=f"{name}{r}") for r in range(n)]
+
+    def mul_add(self, acc, x, y):
+        b = self.b
+        b.store(b.call(self.fma, [x, y, b.load(acc, typ=self.vty)]), acc)
+
+    def powers_below(self, n):
+        """Block sizes for a remainder below `n` (a power of two): n/2, …, 2, 1."""
+        out, k = [], n // 2
+        while k:
+            out.append(k)
+            k //= 2
+        return out
+
+    def done(self):
+        self.b.ret_void()
+        return self.fn
+
+
+class MicroKernels:
+    """Emits the kernels' definitions into the library module."""
+
+    def __init__(self, module: ir.Module):
+        self.module = module
+
+    # ------------------------------------------------------------------ rows
+
+    def _rows(self, name, dtype):
+        k_ = _Body(self.module, name, SIGNATURES["rows"], dtype)
+        b, L, a = k_.b, k_.width, k_.arg
+        most = vecmath.vector_registers() // 2
+        accs = [k_.slots(most, k_.vty, f"acc{sp}_") for sp in range(4)]
+        tail = k_.slots(1, k_.ty, "tail")[0]
+
+        def block(a_row, c_row, j0, count):
+            """C[i, j0 : j0 + count·L] for one row."""
+            splits = max(1, min(4, 8 // count))
+            for sp in range(splits):
+                for v in range(count):
+                    b.store(k_.zero_v, accs[sp][v])
+
+            def update(kk, sp):
+                x = k_.splat(k_.scalar(a_row, b.mul(kk, a["sa1"])))
+                brow = b.add(b.mul(kk, a["sb0"]), j0)
+                for v in range(count):
+                    k_.mul_add(accs[sp][v], x, k_.vector(a["B"], b.add(brow, k_.c(v * L))))
+
+            def step(k2):
+                for sp in range(splits):
+                    update(b.add(b.mul(k2, k_.c(splits)), k_.c(sp)), sp)
+            k_.loop(b.sdiv(a["k"], k_.c(splits)), step, "k")
+            done = b.mul(b.sdiv(a["k"], k_.c(splits)), k_.c(splits))
+            k_.loop(b.sub(a["k"], done), lambda r: update(b.add(done, r), 0), "kr")
+            for v in range(count):
+                total = b.load(accs[0][v], typ=k_.vty)
+                for sp in range(1, splits):
+                    total = b.fadd(total, b.load(accs[sp][v], typ=k_.vty))
+                b.store(total, k_.at(c_row, b.add(j0, k_.c(v * L))), align=k_.align)
+
+        def row(i):
+            a_row = k_.at(a["A"], b.mul(i, a["sa0"]))
+            c_row = k_.at(a["C"], b.mul(i, a["sc0"]))
+            wide = most * L
+            full = b.sdiv(a["n"], k_.c(wide))
+            k_.loop(full, lambda jb: block(a_row, c_row, b.mul(jb, k_.c(wide)), most), "jb")
+            j0 = b.mul(full, k_.c(wide))
+            rest = b.sdiv(b.sub(a["n"], j0), k_.c(L))
+            for count in k_.powers_below(most):
+                with b.if_then(b.icmp_signed("!=", b.and_(rest, k_.c(count)), k_.c(0))):
+                    block(a_row, c_row, j0, count)
+                j0 = b.add(j0, b.mul(b.and_(rest, k_.c(count)), k_.c(L)))
+
+            def column(jj):
+                j = b.add(j0, jj)
+                b.store(k_.zero, tail)
+
+                def step(kk):
+                    prod = b.fmul(k_.scalar(a_row, b.mul(kk, a["sa1"])),
+                                  k_.scalar(a["B"], b.add(b.mul(kk, a["sb0"]), j)))
+                    b.store(b.fadd(b.load(tail, typ=k_.ty), prod), tail)
+                k_.loop(a["k"], step, "ks")
+                b.store(b.load(tail, typ=k_.ty), k_.at(c_row, j))
+            k_.loop(b.sub(a["n"], j0), column, "js")
+        k_.loop(a["m"], row, "m")
+        return k_.done()
+
+    # ------------------------------------------------------------------ dots
+
+    def _dots(self, name, dtype):
+        k_ = _Body(self.module, name, SIGNATURES["dots"], dtype)
+        b, L, a = k_.b, k_.width, k_.arg
+        accs = k_.slots(8, k_.vty, "dacc")
+        tails = k_.slots(8, k_.ty, "dtail")
+        full = b.sdiv(a["k"], k_.c(L))
+        done = b.mul(full, k_.c(L))
+
+        def row(i):
+            a_row = k_.at(a["A"], b.mul(i, a["sa0"]))
+            c_row = k_.at(a["C"], b.mul(i, a["sc0"]))
+
+            def group(j0, cols):
+                cols_at = [k_.at(a["B"], b.mul(b.add(j0, k_.c(r)), a["sb1"]))
+                           for r in range(cols)]
+                for r in range(cols):
+                    b.store(k_.zero_v, accs[r])
+                    b.store(k_.zero, tails[r])
+
+                def step(kv):
+                    kk = b.mul(kv, k_.c(L))
+                    x = k_.vector(a_row, kk)
+                    for r in range(cols):
+                        k_.mul_add(accs[r], x, k_.vector(cols_at[r], kk))
+                k_.loop(full, step, "dk")
+
+                def tail(kr):
+                    kk = b.add(done, kr)
+                    x = k_.scalar(a_row, kk)
+                    for r in range(cols):
+                        prod = b.fmul(x, k_.scalar(cols_at[r], kk))
+                        b.store(b.fadd(b.load(tails[r], typ=k_.ty), prod), tails[r])
+                k_.loop(b.sub(a["k"], done), tail, "dkr")
+                for r in range(cols):
+                    total = b.call(k_.reduce, [b.load(tails[r], typ=k_.ty),
+                                               b.load(accs[r], typ=k_.vty)],
+                                   fastmath=("reassoc",))
+                    b.store(total, k_.at(c_row, b.mul(b.add(j0, k_.c(r)), a["sc1"])))
+            groups = b.sdiv(a["n"], k_.c(8))
+            k_.loop(groups, lambda jg: group(b.mul(jg, k_.c(8)), 8), "dj")
+            j0 = b.mul(groups, k_.c(8))
+            rest = b.sub(a["n"], j0)
+            for cols in (4, 2, 1):
+                with b.if_then(b.icmp_signed("!=", b.and_(rest, k_.c(cols)), k_.c(0))):
+                    group(j0, cols)
+                j0 = b.add(j0, b.and_(rest, k_.c(cols)))
+        k_.loop(a["m"], row, "m")
+        return k_.done()
+
+    # ------------------------------------------------------------------ panels
+
+    def _panels(self, name, dtype):
+        k_ = _Body(self.module, name, SIGNATURES["panels"], dtype)
+        b, L, a = k_.b, k_.width, k_.arg
+        nr = 2 * L
+        tall = panel_rows()
+        accs = [k_.slots(2, k_.vty, f"pacc{r}_") for r in range(tall)]
+        K = a["k"]
+
+        def tile(rows, i0, j, k0, klen, first):
+            """Rows i0 … i0 + rows − 1 of panel j, over steps k0 … k0 + klen − 1."""
+            c_at = [k_.at(a["C"], b.add(b.mul(b.add(i0, k_.c(r)), a["sc0"]),
+                                        b.mul(j, k_.c(nr)))) for r in range(rows)]
+            a_at = [k_.at(a["A"], b.mul(b.add(i0, k_.c(r)), a["sa0"])) for r in range(rows)]
+            for r in range(rows):
+                for v in range(2):
+                    old = k_.vector(c_at[r], k_.c(v * L))
+                    b.store(b.select(first, k_.zero_v, old), accs[r][v])
+            panel = k_.at(a["P"], b.mul(j, b.mul(K, k_.c(nr))))
+
+            def step(kk):
+                k = b.add(k0, kk)
+                base = b.mul(k, k_.c(nr))
+                p = [k_.vector(panel, b.add(base, k_.c(v * L))) for v in range(2)]
+                for r in range(rows):
+                    x = k_.splat(k_.scalar(a_at[r], b.mul(k, a["sa1"])))
+                    for v in range(2):
+                        k_.mul_add(accs[r][v], x, p[v])
+            k_.loop(klen, step, "pk")
+            for r in range(rows):
+                for v in range(2):
+                    b.store(b.load(accs[r][v], typ=k_.vty), k_.at(c_at[r], k_.c(v * L)),
+                            align=k_.align)
+
+        M = a["m"]
+
+        def chunk(cidx):
+            k0 = b.mul(cidx, k_.c(PANEL_KC))
+            left = b.sub(K, k0)
+            klen = b.select(b.icmp_signed("<", left, k_.c(PANEL_KC)), left, k_.c(PANEL_KC))
+            first = b.icmp_signed("==", cidx, k_.c(0))
+
+            def panel(j):
+                blocks = b.sdiv(M, k_.c(tall))
+                k_.loop(blocks, lambda ib: tile(tall, b.mul(ib, k_.c(tall)), j, k0, klen,
+                                                first), "pi")
+                i0 = b.mul(blocks, k_.c(tall))
+                rest = b.sub(M, i0)
+                for rows in (4, 2, 1):
+                    with b.if_then(b.icmp_signed("!=", b.and_(rest, k_.c(rows)), k_.c(0))):
+                        tile(rows, i0, j, k0, klen, first)
+                    i0 = b.add(i0, b.and_(rest, k_.c(rows)))
+            k_.loop(a["np"], panel, "pj")
+        chunks = b.sdiv(b.add(K, k_.c(PANEL_KC - 1)), k_.c(PANEL_KC))
+        k_.loop(chunks, chunk, "pc")
+        return k_.done()

@@ -1,0 +1,160 @@
+"""The product kernels shared by every kernel (`compiler/microkernels.py`): rows, dots
+and panels, called directly through ctypes on strided NumPy views, and through
+compiled graphs, against NumPy's products."""
+import ctypes
+import re
+
+import llvmlite.binding as llvm
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import autograph as ag
+from compiler import jit, microkernels, vecmath
+
+SETTINGS = settings(max_examples=40, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.too_slow])
+DTYPES = st.sampled_from(["float32", "float64"])
+
+
+@pytest.fixture(scope="module")
+def library():
+    """Addresses of the library's functions, from an engine that loaded its object."""
+    engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), jit._new_target_machine())
+    engine.add_object_file(llvm.ObjectFileRef.from_data(jit.library_object()))
+    engine.finalize_object()
+    fns = {}
+    for kind, args in microkernels.SIGNATURES.items():
+        ty = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p if a[0].isupper() else ctypes.c_int64
+                                      for a in args])
+        for dtype in microkernels.DTYPES:
+            addr = engine.get_function_address(microkernels.symbol(kind, dtype))
+            assert addr, (kind, dtype)
+            fns[kind, dtype] = ty(addr)
+    yield fns
+    del engine
+
+
+def _ptr(a):
+    return a.__array_interface__["data"][0]
+
+
+def _strides(a):
+    return [s // a.itemsize for s in a.strides]
+
+
+def _tol(dtype):
+    return dict(rtol=1e-12, atol=1e-12) if dtype == "float64" else dict(rtol=2e-5, atol=2e-5)
+
+
+def _operand(rng, shape, dtype, transposed):
+    """A [rows, cols] operand, stored transposed (a column-major view) or not."""
+    if transposed:
+        return rng.standard_normal(shape[::-1]).astype(dtype).T
+    return rng.standard_normal(shape).astype(dtype)
+
+
+@given(M=st.integers(0, 9), N=st.integers(0, 150), K=st.integers(0, 70), dtype=DTYPES,
+       a_t=st.booleans(), seed=st.integers(0, 2 ** 16))
+@SETTINGS
+def test_rows(library, M, N, K, dtype, a_t, seed):
+    """Every block width (full, 4, 2, 1 vectors, scalar columns); A in either layout;
+    C with a row stride wider than N (a column block of a bigger matrix)."""
+    rng = np.random.default_rng(seed)
+    A = _operand(rng, (M, K), dtype, a_t)
+    B = rng.standard_normal((K, N)).astype(dtype)
+    big = np.full((M, N + 3), 7.0, dtype)
+    C = big[:, 1:N + 1]
+    library["rows", dtype](M, N, K, _ptr(A), *_strides(A), _ptr(B), _strides(B)[0],
+                           _ptr(C), _strides(C)[0])
+    np.testing.assert_allclose(C, A @ B, **_tol(dtype))
+    assert (big[:, 0] == 7).all() and (big[:, N + 1:] == 7).all()   # nothing else written
+
+
+@given(M=st.integers(0, 5), N=st.integers(0, 40), K=st.integers(0, 70), dtype=DTYPES,
+       c_t=st.booleans(), seed=st.integers(0, 2 ** 16))
+@SETTINGS
+def test_dots(library, M, N, K, dtype, c_t, seed):
+    """Column groups of 8, 4, 2, 1; k past the last full vector; C either layout."""
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((M, K)).astype(dtype)
+    W = rng.standard_normal((N, K)).astype(dtype)
+    C = np.zeros((N, M), dtype).T if c_t else np.zeros((M, N), dtype)
+    library["dots", dtype](M, N, K, _ptr(A), _strides(A)[0], _ptr(W), _strides(W)[0],
+                           _ptr(C), *_strides(C))
+    np.testing.assert_allclose(C, A @ W.T, **_tol(dtype))
+
+
+@given(M=st.integers(0, 30), panels=st.integers(1, 3), K=st.sampled_from([1, 5, 256, 300, 520]),
+       dtype=DTYPES, a_t=st.booleans(), seed=st.integers(0, 2 ** 16))
+@SETTINGS
+def test_panels(library, M, panels, K, dtype, a_t, seed):
+    """Every row tile (the tall one, 4, 2, 1) and k chunk (one, several, a remainder)."""
+    nr = 2 * vecmath.lanes(dtype)
+    N = panels * nr
+    rng = np.random.default_rng(seed)
+    A = _operand(rng, (M, K), dtype, a_t)
+    B = rng.standard_normal((K, N)).astype(dtype)
+    P = np.ascontiguousarray(B.reshape(K, panels, nr).transpose(1, 0, 2))
+    C = np.full((M, N), np.nan, dtype)
+    library["panels", dtype](M, panels, K, _ptr(A), *_strides(A), _ptr(P), _ptr(C),
+                             _strides(C)[0])
+    np.testing.assert_allclose(C, A @ B, **_tol(dtype))
+
+
+@given(M=st.integers(1, 6), N=st.integers(1, 70), K=st.integers(1, 40), dtype=DTYPES,
+       seed=st.integers(0, 2 ** 16))
+@SETTINGS
+def test_compiled_products_with_few_rows(M, N, K, dtype, seed):
+    """a·Wᵀ (dots up to 3 rows, the library above) and a·W (rows) in a compiled graph."""
+    a = ag.placeholder("a", (M, K), dtype)
+    w = ag.placeholder("w", (N, K), dtype)
+    w2 = ag.placeholder("w2", (K, N), dtype)
+    f = ag.function([a, w, w2], [a @ ag.transpose(w), a @ w2], backend="llvm")
+    rng = np.random.default_rng(seed)
+    A, W, W2 = (rng.standard_normal(s).astype(dtype) for s in ((M, K), (N, K), (K, N)))
+    got = f(A, W, W2)
+    np.testing.assert_allclose(got[0], A @ W.T, **_tol(dtype))
+    np.testing.assert_allclose(got[1], A @ W2, **_tol(dtype))
+
+
+def test_kernels_call_the_library_and_define_no_product_loops():
+    """A B = 1 LSTM step: both products are calls of the dots kernel, whose code is in
+    the library, not in the kernel."""
+    import rnn
+    c = rnn.CELLS["lstm"](16, 32, dtype="float64").init(0)
+    x = ag.placeholder("x", (1, 16), "float64")
+    s = tuple(ag.placeholder(f"s{i}", (1, 32), "float64") for i in range(2))
+    new_state, out = c.step(s, x)
+    f = ag.function([x, *s, *c.nodes().values()], [out, *new_state], backend="llvm")
+    text = f.runner.kernel.ir_text
+    assert len(re.findall(r'call void @"?ag_dots_float64"?\(', text)) == 2
+    assert re.search(r'declare void @"?ag_dots_float64"?\(', text)
+    assert not re.search(r"define .*ag_(dots|rows|panels)", text)
+
+
+def test_the_library_is_cached_on_disk():
+    jit.library_object()
+    key = jit.cache_key("microkernel library")
+    assert jit.cache_load(key, jit.LIBRARY_PREFIX) == jit.library_object()
+
+
+def test_a_damaged_library_entry_is_rebuilt(tmp_path, monkeypatch, caplog):
+    """A corrupt library file in the cache is logged, ignored and replaced; kernels
+    compiled afterwards run."""
+    monkeypatch.setenv("AUTOGRAPH_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(jit, "_library", None)
+    good = jit.library_object()
+    (entry,) = tmp_path.glob(jit.LIBRARY_PREFIX + "*.o")
+    entry.write_bytes(entry.read_bytes()[:100])
+    monkeypatch.setattr(jit, "_library", None)
+    with caplog.at_level("WARNING", logger="autograph.compiler"):
+        assert jit.library_object() == good
+    assert "corrupt or foreign" in caplog.text
+    assert jit.cache_load(jit.cache_key("microkernel library"), jit.LIBRARY_PREFIX) == good
+    a = ag.placeholder("a", (1, 8), "float64")
+    w = ag.placeholder("w", (5, 8), "float64")
+    A, W = np.ones((1, 8)), np.arange(40.0).reshape(5, 8)
+    got = ag.function([a, w], [a @ ag.transpose(w)], backend="llvm")(A, W)[0]
+    np.testing.assert_allclose(got, A @ W.T, rtol=1e-12)
