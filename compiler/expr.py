@@ -22,6 +22,9 @@ class Expr:
         object.__setattr__(self, "terms", t)
         object.__setattr__(self, "_hash", hash(frozenset(t.items())))
 
+    def __reduce__(self):          # pickled as its terms (the hash is per process)
+        return Expr, (self.terms,)
+
     @staticmethod
     def of(x) -> "Expr":
         """An Expr from an int, a symbol name or an Expr."""

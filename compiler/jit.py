@@ -201,14 +201,17 @@ def library_object() -> bytes:
         return _library
 
 
-def jit(prog: Program, use_cache: bool = True):
+def jit(prog: Program, use_cache: bool = True, obj: bytes | None = None):
     """(engine, function address, seconds spent in code generation and in LLVM,
-    whether the cache answered). The LLVM IR is generated only on a cache miss."""
+    whether the cache answered, the object code). The LLVM IR is generated only on a
+    cache miss; `obj`, when given, is the program's object code (a graph-level hit)."""
     library = library_object()      # built outside the kernel's compile time
     t0 = time.perf_counter()
     tm = target_machine()[0]
-    key = cache_key(fingerprint(prog)) if use_cache else None
-    obj = cache_load(key) if use_cache else None
+    given = obj is not None
+    key = cache_key(fingerprint(prog)) if use_cache and not given else None
+    if key is not None:
+        obj = cache_load(key)
     hit = obj is not None
     codegen = 0.0
     if obj is None:
@@ -216,7 +219,7 @@ def jit(prog: Program, use_cache: bool = True):
         ir_text = emit_text(prog)
         codegen = time.perf_counter() - t1
         obj = tm.emit_object(optimize(ir_text))
-        if use_cache:
+        if key is not None:
             cache_store(key, obj)
     # An execution engine owns (and frees) its target machine: give it its own.
     engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), _new_target_machine())
@@ -226,7 +229,7 @@ def jit(prog: Program, use_cache: bool = True):
     addr = engine.get_function_address("kernel")
     if not addr:
         raise BackendError("the compiled object has no kernel function")
-    return engine, addr, codegen, time.perf_counter() - t0 - codegen, hit
+    return engine, addr, codegen, time.perf_counter() - t0 - codegen, hit, obj
 
 
 def _slow_data_ptr(a: np.ndarray) -> int:
@@ -255,10 +258,11 @@ class Kernel:
     bindings, contiguity, alignment) before native code runs, so a bad argument is a
     Python exception that names it."""
 
-    def __init__(self, graph: Graph, prog: Program, use_cache: bool = True):
+    def __init__(self, graph: Graph, prog: Program, use_cache: bool = True,
+                 obj: bytes | None = None):
         self.graph, self.prog = graph, prog
         (self.engine, addr, self.codegen_seconds, self.compile_seconds,
-         self.cache_hit) = jit(prog, use_cache)
+         self.cache_hit, self.object_code) = jit(prog, use_cache, obj)
         self._fn = _KERNEL_T(addr)   # the engine stays alive as long as this kernel
         self.address = addr
         self._layouts: dict = {}

@@ -1,6 +1,8 @@
 """The compiler pipeline from a graph to a kernel, and its printable stages."""
 from __future__ import annotations
 
+import logging
+import pickle
 import time
 from dataclasses import dataclass
 
@@ -10,12 +12,15 @@ from autograph.printing import format_graph
 
 from .codegen import emit_text
 from .fuse import fuse
-from .jit import Kernel, optimize, target_machine
+from .graphkey import graph_fingerprint
+from .jit import Kernel, cache_key, cache_load, cache_store, optimize, target_machine
 from .loopir import format_program
 from .lower import lower
 from .plan import plan
 from .shard import Sharder, find_plan
 from .rewrite import rewrite
+
+log = logging.getLogger("autograph.compiler")
 
 
 @dataclass
@@ -25,12 +30,21 @@ class Compiled:
     and a whole call is slow enough to gain from it (`shard.py`)."""
 
     kernel: Kernel
-    graph: Graph              # after rewrites
+    source: Graph             # as given
     timings: dict
     sharder: Sharder | None = None
     shard_note: str = ""      # why the graph cannot be sharded, when it cannot
+    rewritten: Graph | None = None
     # every call returns new arrays: the kernel's outputs, or the shards' combined
     owns_outputs = True
+
+    @property
+    def graph(self) -> Graph:
+        """The graph after rewrites (made again on demand after a graph-level cache
+        hit, which skips the rewrites)."""
+        if self.rewritten is None:
+            self.rewritten = rewrite(self.source)
+        return self.rewritten
 
     def __call__(self, arrays, dims):
         if self.sharder is not None:
@@ -55,11 +69,33 @@ def build(graph: Graph):
     return g, prog, t
 
 
+GRAPH_PREFIX = "graph-"
+
+
 def compile_graph(graph: Graph, use_cache: bool = True) -> Compiled:
-    """Compile `graph` to a native kernel (cached on disk, keyed on its loop IR)."""
+    """Compile `graph` to a native kernel, cached on disk twice over: keyed on the
+    graph as given (a hit skips every pass: the entry holds the planned program and
+    its object code) and on its loop IR (a hit skips LLVM: graphs that differ only
+    in ways the passes erase share a kernel)."""
     try:
-        g, prog, t = build(graph)
-        kernel = Kernel(g, prog, use_cache)
+        t = {}
+        t0 = time.perf_counter()
+        gkey = graph_fingerprint(graph) if use_cache else None
+        key = cache_key("graph " + gkey) if gkey else None
+        entry = _load_entry(key) if key else None
+        t["graph_key"] = time.perf_counter() - t0
+        if entry is not None:
+            prog, obj = entry
+            g = None
+            t["rewrite"] = t["lower"] = 0.0
+            kernel = Kernel(graph, prog, use_cache, obj=obj)
+        else:
+            g, prog, tb = build(graph)
+            t.update(tb)
+            kernel = Kernel(g, prog, use_cache)
+            if key:
+                cache_store(key, pickle.dumps((prog, kernel.object_code), protocol=5),
+                            GRAPH_PREFIX)
     except BackendError:
         raise
     except Exception as e:   # a compiler bug must not take the user's program down
@@ -68,10 +104,27 @@ def compile_graph(graph: Graph, use_cache: bool = True) -> Compiled:
     t["codegen"] = kernel.codegen_seconds
     t["jit"] = kernel.compile_seconds
     t["cache_hit"] = kernel.cache_hit
+    t["graph_cache_hit"] = entry is not None
     t0 = time.perf_counter()
     plan, note = find_plan(graph)
     t["shard_analysis"] = time.perf_counter() - t0
-    return Compiled(kernel, g, t, Sharder(kernel, plan) if plan else None, note or "")
+    return Compiled(kernel, graph, t, Sharder(kernel, plan) if plan else None, note or "",
+                    rewritten=g)
+
+
+def _load_entry(key: str):
+    """(program, object code) of a graph-level entry, or None. The entry is checked
+    like a kernel's (key, length, sha256) before it is unpickled; the cache directory
+    is private to the user (mode 0700), as for the object code it also holds."""
+    blob = cache_load(key, GRAPH_PREFIX)
+    if blob is None:
+        return None
+    try:
+        prog, obj = pickle.loads(blob)
+    except Exception as e:      # written by a build whose classes have changed
+        log.warning("graph cache entry %s unreadable (%s); rebuilding", key[:16], e)
+        return None
+    return prog, obj
 
 
 def stages(graph: Graph) -> dict:

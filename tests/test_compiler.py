@@ -14,6 +14,7 @@ import autograph as ag
 import compiler
 from compiler.codegen import SCALAR
 from compiler.lower import ELEMENTWISE, LOWER
+from compiler.loopir import format_program
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -330,20 +331,95 @@ def test_cache_hit_after_a_miss(tmp_path):
     np.testing.assert_array_equal(first.kernel(x)[0], second.kernel(x)[0])
 
 
+def test_graph_level_hit_skips_every_pass_and_runs_the_same_code():
+    """The second compile of an equal graph is answered by its graph-level entry (no
+    rewrite, lowering or LLVM): same program, same IR, same results."""
+    first = compiler.compile_graph(_graph())
+    second = compiler.compile_graph(_graph())
+    assert not first.timings["graph_cache_hit"] and second.timings["graph_cache_hit"]
+    assert second.timings["rewrite"] == second.timings["lower"] == 0.0
+    assert second.kernel.ir_text == first.kernel.ir_text
+    assert format_program(second.kernel.prog) == format_program(first.kernel.prog)
+    x = np.random.default_rng(0).standard_normal((5, 3))
+    np.testing.assert_array_equal(second.kernel(x)[0], first.kernel(x)[0])
+    assert [n.op for n in second.graph.nodes] == [n.op for n in first.graph.nodes]
+
+
+def test_graph_level_keys_tell_graphs_apart():
+    """A different constant, slice, shape, dtype, op or output order: a different key;
+    the same structure built again (new node objects): the same key."""
+    from compiler.graphkey import graph_fingerprint
+
+    def g(c=1.0, stop=2, n=3, dtype="float64", op=ag.tanh, swap=False):
+        x = ag.placeholder("x", ("B", n), dtype)
+        y = op(x[:, :stop]) * c
+        outs = [y, ag.sum(y)]
+        return ag.Graph([x], outs[::-1] if swap else outs)
+    base = graph_fingerprint(g())
+    assert base is not None and graph_fingerprint(g()) == base
+    for other in (g(c=1.5), g(stop=1), g(n=4), g(dtype="float32"), g(op=ag.sigmoid),
+                  g(swap=True)):
+        assert graph_fingerprint(other) != base
+
+
+def test_a_graph_the_key_cannot_spell_is_cached_by_its_loop_ir(monkeypatch):
+    from compiler import graphkey
+    monkeypatch.setattr(graphkey, "graph_fingerprint", lambda graph: None)
+    monkeypatch.setattr(compiler.pipeline, "graph_fingerprint", lambda graph: None)
+    compiler.compile_graph(_graph())
+    again = compiler.compile_graph(_graph())
+    assert again.timings["cache_hit"] and not again.timings["graph_cache_hit"]
+    assert not list(compiler.cache_dir().glob("graph-*.o"))
+
+
+def test_graph_entries_load_in_a_new_process(tmp_path):
+    """A graph-level entry written by one process answers another (the program is
+    pickled with its symbolic sizes; their hashes differ between processes)."""
+    script = ("import numpy as np, autograph as ag, compiler\n"
+              "x = ag.placeholder('x', ('T', 'B', 3))\n"
+              "W = ag.placeholder('W', (2, 2))\n"
+              "h0 = ag.placeholder('h0', ('B', 2))\n"
+              "def step(h, x_t):\n"
+              "    h = ag.tanh(x_t[:, :2] @ W + h)\n"
+              "    return h, ag.sum(h)\n"
+              "_, ys = ag.scan(step, h0, x)\n"
+              "loss = ag.sum(ys)\n"
+              "c = compiler.compile_graph(ag.Graph([x, W, h0], [loss] + ag.grad(loss, [W])))\n"
+              "rng = np.random.default_rng(0)\n"
+              "out = c.kernel(rng.standard_normal((4, 2, 3)), rng.standard_normal((2, 2)),"
+              " rng.standard_normal((2, 2)))\n"
+              "print(c.timings['graph_cache_hit'], repr(out[0].item()), repr(out[1].sum()))\n")
+    runs = [subprocess.run([sys.executable, "-c", script], env=dict(os.environ),
+                           capture_output=True, text=True, timeout=120) for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), [r.stderr for r in runs]
+    (hit0, *vals0), (hit1, *vals1) = (r.stdout.split() for r in runs)
+    assert (hit0, hit1) == ("False", "True") and vals0 == vals1
+
+
 def test_cache_directory_is_private():
     mode = compiler.cache_dir().stat().st_mode & 0o777
     assert mode == 0o700
 
 
-def _kernel_entries():
-    """The cache's kernel entries (not the product-kernel library's)."""
-    return [p for p in compiler.cache_dir().glob("*.o") if not p.name.startswith("library-")]
+def _entries(kind):
+    """The cache's entries of one kind: "kernel" (keyed on the loop IR), "graph" (keyed
+    on the graph as given), "library" (the product kernels)."""
+    files = list(compiler.cache_dir().glob("*.o"))
+    if kind == "kernel":
+        return [p for p in files if not p.name.startswith(("library-", "graph-"))]
+    return [p for p in files if p.name.startswith(kind + "-")]
 
 
+@pytest.mark.parametrize("kind", ["kernel", "graph"])
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "flipped", "foreign"])
-def test_damaged_cache_entries_are_ignored_and_rebuilt(damage, caplog):
+def test_damaged_cache_entries_are_ignored_and_rebuilt(kind, damage, caplog):
+    """A damaged kernel entry (its graph entry removed, so that it is consulted) or
+    graph entry is logged, ignored and written again."""
     compiler.compile_graph(_graph())
-    (entry,) = _kernel_entries()
+    if kind == "kernel":
+        for p in _entries("graph"):
+            p.unlink()
+    (entry,) = _entries(kind)
     data = entry.read_bytes()
     if damage == "garbage":
         entry.write_bytes(b"\x7fELF not really an object file")
@@ -351,17 +427,18 @@ def test_damaged_cache_entries_are_ignored_and_rebuilt(damage, caplog):
         entry.write_bytes(data[:len(data) // 2])
     elif damage == "flipped":
         entry.write_bytes(data[:-10] + bytes([data[-10] ^ 0xFF]) + data[-9:])
-    else:  # a valid entry of another kernel, renamed to this key
+    else:  # a valid entry of another graph, renamed to this key
         x = ag.placeholder("x", ("B", 3))
         compiler.compile_graph(ag.Graph([x], [ag.exp(x)]))
-        other_entry = next(p for p in _kernel_entries() if p != entry)
+        other_entry = next(p for p in _entries(kind) if p != entry)
         entry.write_bytes(other_entry.read_bytes())
     with caplog.at_level("WARNING", logger="autograph.compiler"):
         again = compiler.compile_graph(_graph())
-    assert not again.timings["cache_hit"]
+    assert not again.timings["graph_cache_hit"]
+    assert again.timings["cache_hit"] == (kind == "graph")   # the other entry still answers
     assert "corrupt or foreign" in caplog.text
     np.testing.assert_allclose(again.kernel(np.ones((1, 3)))[0], np.tanh(3.0) * 3.0)
-    assert compiler.compile_graph(_graph()).timings["cache_hit"]   # rebuilt entry is good
+    assert compiler.compile_graph(_graph()).timings["graph_cache_hit"]   # rebuilt entry
 
 
 def test_two_processes_compile_the_same_kernel_at_once(tmp_path):
@@ -376,9 +453,7 @@ def test_two_processes_compile_the_same_kernel_at_once(tmp_path):
     assert all(p.returncode == 0 for p in procs), outs
     expected = 8 * 3 / (1 + np.exp(-1.0))
     assert all(abs(float(o[0]) - expected) < 1e-9 for o in outs)
-    entries = list(compiler.cache_dir().glob("*.o"))
-    assert len([p for p in entries if not p.name.startswith("library-")]) == 1   # one kernel
-    assert len([p for p in entries if p.name.startswith("library-")]) == 1      # one library
+    assert [len(_entries(kind)) for kind in ("kernel", "graph", "library")] == [1, 1, 1]
     assert not list(compiler.cache_dir().glob(".tmp-*"))
 
 
