@@ -224,23 +224,64 @@ def test_random_recurrences_sharded(T, B, H, act, reverse, mean, seed):
 
 # ----------------------------------------------------------------------------- the policy
 
-def test_policy_times_whole_calls_then_decides(monkeypatch):
+def test_policy_times_whole_calls_then_sharded_ones_then_decides(monkeypatch):
+    """Whole calls first; under the threshold the binding runs whole at once, else as
+    many sharded calls are timed. Every trial call returns the right values."""
     inputs, outputs = _elman()
     args = _elman_args(4, 6)
+    ref = ag.function(inputs, outputs)(*args)
     monkeypatch.delenv("AUTOGRAPH_SHARD", raising=False)
     monkeypatch.setenv("AUTOGRAPH_THREADS", "2")
-    for threshold, expect in ((0.0, 2), (float("inf"), 1)):
+    for threshold, trials in ((0.0, 2 * shard.TRIAL_CALLS), (float("inf"), shard.TRIAL_CALLS)):
         monkeypatch.setattr(shard, "SHARD_MIN_SECONDS", threshold)
         f = ag.function(inputs, outputs, backend="llvm")
         arrays, dims = ag.backends.bind_inputs(f.graph.inputs, args)
         s = f.runner.sharder
-        for _ in range(shard.TRIAL_CALLS):
+        for _ in range(trials):
             assert s.shards_for(dims) is None
-            f(*args)
-        assert s.shards_for(dims) == expect
-        ref = ag.function(inputs, outputs)(*args)
+            for r, g in zip(ref, f(*args)):
+                assert _relerr(r, g) < 1e-12
+        assert s.shards_for(dims) in ((1, 2) if threshold == 0.0 else (1,))
         for r, g in zip(ref, f(*args)):
             assert _relerr(r, g) < 1e-12
+
+
+@pytest.mark.parametrize("whole, sharded, expect", [
+    (300e-6, 200e-6, 2),      # long enough, and the shards are faster
+    (300e-6, 400e-6, 1),      # long enough, but the shards are slower
+    (100e-6, None, 1),        # too short to try the shards
+])
+def test_the_faster_way_is_kept(monkeypatch, whole, sharded, expect):
+    monkeypatch.setenv("AUTOGRAPH_THREADS", "2")
+    monkeypatch.delenv("AUTOGRAPH_SHARD", raising=False)
+    monkeypatch.setattr(shard, "SHARD_MIN_SECONDS", 250e-6)
+    inputs, outputs = _elman()
+    f = ag.function(inputs, outputs, backend="llvm")
+    s = f.runner.sharder
+    dims = {"T": 4, "B": 6}
+    for _ in range(shard.TRIAL_CALLS):
+        s._record(dims, whole)
+    if sharded is None:
+        assert s.shards_for(dims) == expect
+        return
+    assert s.shards_for(dims) is None and s._trial_sharded(dims)
+    for _ in range(shard.TRIAL_CALLS):
+        s._record(dims, sharded, sharded=True)
+    assert s.shards_for(dims) == expect
+
+
+def test_bind_decides_by_timing_both_ways(monkeypatch):
+    monkeypatch.delenv("AUTOGRAPH_SHARD", raising=False)
+    monkeypatch.setenv("AUTOGRAPH_THREADS", "2")
+    monkeypatch.setattr(shard, "SHARD_MIN_SECONDS", 0.0)
+    inputs, outputs = _elman()
+    args = _elman_args(4, 6)
+    f = ag.function(inputs, outputs, backend="llvm")
+    call = f.bind(*args)
+    _, dims = ag.backends.bind_inputs(f.graph.inputs, args)
+    assert f.runner.sharder.shards_for(dims) in (1, 2)
+    for r, g in zip(ag.function(inputs, outputs)(*args), call()):
+        assert _relerr(r, g) < 1e-12
 
 
 @pytest.mark.parametrize("env", [{"AUTOGRAPH_THREADS": "1", "AUTOGRAPH_SHARD": "always"},
