@@ -33,6 +33,7 @@ MEM = {"float32": F32, "float64": F64, "int64": I64, "bool": I8}
 FLOATS = ("float32", "float64")
 PANEL_MIN_ROWS = 4          # fewer rows: the row-vector loops or BLAS (latency-bound tiles)
 PANEL_MAX_WORK = 1 << 20    # M·N·K up to which the tiles beat a multi-threaded library call
+TOP_TILES_MAX_WORK = 1 << 20  # products outside the per-step panels run in the tiles up to this
 DOTS_MAX_ROWS = 3           # products with B = Wᵀ and at most this many rows: dot products
 
 
@@ -316,10 +317,49 @@ class Emitter:
         self.b.call(self.micro("panels", out.dtype), [
             self.ex(out.shape[0]), self.i64(n_panels), self.i64(K),
             self.ptr(A, (zero, zero)), self.ex(A.strides[0]), self.ex(A.strides[1]),
-            self.at(P.buf, self.ex(P.offset)), self.ptr(out, (zero, zero)),
+            self.at(P.buf, self.ex(P.offset)), self.i64(K * P.shape[2].const),
+            self.i64(P.shape[2].const), self.ptr(out, (zero, zero)),
             self.ex(out.strides[0])])
 
     def _matmul_general(self, s: MatMul):
+        if self._tiles_apply(s):
+            b = self.b
+            M, N, K = (self.ex(e) for e in (s.out.shape[0], s.out.shape[1], s.a.shape[1]))
+            use = b.icmp_signed(">=", M, self.i64(PANEL_MIN_ROWS))
+            use = b.and_(use, b.icmp_signed(">", K, self.i64(0)))
+            use = b.and_(use, b.icmp_signed("<=", b.mul(b.mul(M, N), K),
+                                            self.i64(TOP_TILES_MAX_WORK)))
+            with b.if_else(use) as (then, otherwise):
+                with then:
+                    self._matmul_tiles(s)
+                with otherwise:
+                    self._matmul_library_or_loops(s)
+            return
+        self._matmul_library_or_loops(s)
+
+    def _tiles_apply(self, s: MatMul) -> bool:
+        """A product the register tiles can run on B where it lies: rows of B and out
+        contiguous, N a compile-time multiple of two vectors, no batch."""
+        one = Expr.of(1)
+        N = s.out.shape[-1]
+        return (TOP_TILES_MAX_WORK > 0 and s.out.dtype in FLOATS and s.out.ndim == 2
+                and s.b.strides[-1] == one and s.out.strides[-1] == one and N.is_const
+                and N.const % (2 * vecmath.lanes(s.out.dtype)) == 0)
+
+    def _matmul_tiles(self, s: MatMul):
+        """The register tiles of `microkernels.panels` reading B in place (its rows are
+        the panels' rows, `spk` its row stride): small products that a library call's
+        packing and set-up would dominate (M·N·K ≤ TOP_TILES_MAX_WORK)."""
+        out, A, B = s.out, s.a, s.b
+        nr = 2 * vecmath.lanes(out.dtype)
+        zero = self.i64(0)
+        self.b.call(self.micro("panels", out.dtype), [
+            self.ex(out.shape[0]), self.i64(out.shape[1].const // nr), self.ex(A.shape[1]),
+            self.ptr(A, (zero, zero)), self.ex(A.strides[0]), self.ex(A.strides[1]),
+            self.ptr(B, (zero, zero)), self.i64(nr), self.ex(B.strides[0]),
+            self.ptr(out, (zero, zero)), self.ex(out.strides[0])])
+
+    def _matmul_library_or_loops(self, s: MatMul):
         out, A = s.out, s.a
         layout = _blas_layout(s) if s.out.dtype in FLOATS and blas.available() else None
         if layout is None:

@@ -19,9 +19,10 @@ an LSTM training step, and LLVM's time grows with the IR it is given.
         each; the k past the last full vector in scalars. The single-row products of
         inference at B = 1: no library call's set-up and no copy of Wᵀ.
 
-    panels(M, NP, K, A, sa0, sa1, P, C, sc0)
-        C[i, j·NR + r] = Σ_k A[i·sa0 + k·sa1] · P[j, k, r]  (NR = 2 vectors, C's rows
-        contiguous). Register tiles of R rows × NR columns: R = 8 with 32 vector registers
+    panels(M, NP, K, A, sa0, sa1, P, spj, spk, C, sc0)
+        C[i, j·NR + r] = Σ_k A[i·sa0 + k·sa1] · P[j·spj + k·spk + r]  (NR = 2 vectors,
+        C's rows contiguous): B packed in panels (spj = K·NR, spk = NR), or B itself
+        when its rows are contiguous (spj = NR, spk = its row stride). Register tiles of R rows × NR columns: R = 8 with 32 vector registers
         (AVX-512), 6 with 16 (AVX2: 12 accumulators, 2 panel vectors, 1 broadcast), then
         4, 2, 1 rows; k in chunks of PANEL_KC with the panel chunk kept in L1 while every
         block of rows passes over it.
@@ -47,7 +48,7 @@ def panel_rows() -> int:
 SIGNATURES = {
     "rows": ["m", "n", "k", "A", "sa0", "sa1", "B", "sb0", "C", "sc0"],
     "dots": ["m", "n", "k", "A", "sa0", "B", "sb1", "C", "sc0", "sc1"],
-    "panels": ["m", "np", "k", "A", "sa0", "sa1", "P", "C", "sc0"],
+    "panels": ["m", "np", "k", "A", "sa0", "sa1", "P", "spj", "spk", "C", "sc0"],
 }
 DTYPES = ("float32", "float64")
 
@@ -304,11 +305,11 @@ class MicroKernels:
                 for v in range(2):
                     old = k_.vector(c_at[r], k_.c(v * L))
                     b.store(b.select(first, k_.zero_v, old), accs[r][v])
-            panel = k_.at(a["P"], b.mul(j, b.mul(K, k_.c(nr))))
+            panel = k_.at(a["P"], b.mul(j, a["spj"]))
 
             def step(kk):
                 k = b.add(k0, kk)
-                base = b.mul(k, k_.c(nr))
+                base = b.mul(k, a["spk"])
                 p = [k_.vector(panel, b.add(base, k_.c(v * L))) for v in range(2)]
                 for r in range(rows):
                     x = k_.splat(k_.scalar(a_at[r], b.mul(k, a["sa1"])))

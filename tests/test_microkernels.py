@@ -98,9 +98,16 @@ def test_panels(library, M, panels, K, dtype, a_t, seed):
     B = rng.standard_normal((K, N)).astype(dtype)
     P = np.ascontiguousarray(B.reshape(K, panels, nr).transpose(1, 0, 2))
     C = np.full((M, N), np.nan, dtype)
-    library["panels", dtype](M, panels, K, _ptr(A), *_strides(A), _ptr(P), _ptr(C),
-                             _strides(C)[0])
+    library["panels", dtype](M, panels, K, _ptr(A), *_strides(A), _ptr(P), K * nr, nr,
+                             _ptr(C), _strides(C)[0])
     np.testing.assert_allclose(C, A @ B, **_tol(dtype))
+    # the same tiles reading B where it lies (rows contiguous, a wider row stride)
+    wide = np.zeros((K, N + 5), dtype)
+    wide[:, 2:N + 2] = B
+    C2 = np.full((M, N), np.nan, dtype)
+    library["panels", dtype](M, panels, K, _ptr(A), *_strides(A), _ptr(wide[:, 2:]), nr,
+                             N + 5, _ptr(C2), _strides(C2)[0])
+    np.testing.assert_allclose(C2, A @ B, **_tol(dtype))
 
 
 @given(M=st.integers(1, 6), N=st.integers(1, 70), K=st.integers(1, 40), dtype=DTYPES,
