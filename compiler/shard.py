@@ -23,9 +23,9 @@ runs one shard, and `spin.Worker` threads run the others entirely in native code
 wake-up of a sleeping thread). While shards run, OpenBLAS is held to one thread.
 
 Whether to shard is decided by measurement, per binding of the dims: the first
-calls run whole and are timed; if they take at least `SHARD_MIN_SECONDS`
-(bench/shard_threshold.py), the next ones run sharded and are timed too, and the
-faster way is kept from then on. `AUTOGRAPH_THREADS=1`
+calls run sharded and the next ones whole, all timed; the faster way is kept from
+then on, and a binding whose whole call is under `SHARD_MIN_SECONDS`
+(bench/shard_threshold.py) always runs whole. `AUTOGRAPH_THREADS=1`
 turns sharding off. Sharded and whole calls agree to rounding.
 """
 from __future__ import annotations
@@ -51,7 +51,8 @@ log = logging.getLogger("autograph.compiler")
 # calls of 170–280 µs; below, the ~50 µs of hand-off, input slicing and gradient
 # sums cost more than the second core gives).
 SHARD_MIN_SECONDS = 250e-6
-TRIAL_CALLS = 3          # calls timed each way before deciding (the first pays page faults)
+TRIAL_CALLS = 3          # whole calls timed before deciding (the first pays page faults)
+SHARDED_TRIALS = 5       # sharded calls timed first (the first ones pay thread start-up)
 
 
 class NotSeparable(Exception):
@@ -589,10 +590,12 @@ class Sharder:
         return n
 
     def _record(self, dims, seconds, sharded=False):
-        """Time one trial call. Whole calls first: under SHARD_MIN_SECONDS the binding
-        runs whole; otherwise as many sharded calls are timed, and the faster way wins
-        (on a 2-core AVX2 machine the Elman step at the medium size in float32 ran
-        36.6 ms whole and 55.5 ms in shards: the whole-call time alone misleads)."""
+        """Time one trial call. After SHARDED_TRIALS sharded calls and TRIAL_CALLS whole
+        ones (in that order, see `_trial_sharded`) the faster way is kept; a binding whose whole call is under
+        SHARD_MIN_SECONDS runs whole. (On a 2-core AVX2 machine the Elman step at the
+        medium size in float32 ran 36.6 ms whole and 55.5 ms in shards, while small
+        LSTM and GRU steps ran 1.3–1.4x faster in shards: the whole-call time alone
+        misleads.)"""
         key = self._key(dims)
         whole, shard = self._trials.get(key, ((0, float("inf")), (0, float("inf"))))
         if sharded:
@@ -600,26 +603,27 @@ class Sharder:
         else:
             whole = (whole[0] + 1, min(whole[1], seconds))
         self._trials[key] = (whole, shard)
-        n = min(thread_count(), dims[self.plan.dim])
-        if whole[0] >= TRIAL_CALLS and whole[1] < SHARD_MIN_SECONDS:
-            self._decided[key] = 1
-        elif shard[0] >= TRIAL_CALLS:
-            self._decided[key] = n if shard[1] < whole[1] else 1
-        else:
+        if whole[0] < TRIAL_CALLS:
             return
-        log.info("%s: whole call %.0f us, %s -> %s", self.plan.dim, whole[1] * 1e6,
-                 f"{n} shards {shard[1] * 1e6:.0f} us" if shard[0] else "not tried",
-                 f"{n} shards" if self._decided[key] > 1 else "one thread")
+        n = min(thread_count(), dims[self.plan.dim])
+        fast = whole[1] >= SHARD_MIN_SECONDS and shard[1] < whole[1]
+        self._decided[key] = n if fast else 1
+        log.info("%s: whole call %.0f us, %d shards %.0f us -> %s", self.plan.dim,
+                 whole[1] * 1e6, n, shard[1] * 1e6, f"{n} shards" if fast else "one thread")
 
     def _trial_sharded(self, dims) -> bool:
-        """While timing: is the next trial call a sharded one?"""
-        whole, _ = self._trials.get(self._key(dims), ((0, 0.0), (0, 0.0)))
-        return whole[0] >= TRIAL_CALLS
+        """While timing: is the next trial call a sharded one? The sharded ones come
+        first: after a whole call, OpenBLAS's threads keep spinning for a while (~0.1
+        s) and slow the shards' worker down (a small GRU step: 9 ms in shards alone,
+        17–20 ms in shards alternating with whole calls); the first calls of either
+        way pay page faults and thread start-ups, so the best of each is compared."""
+        _, shard = self._trials.get(self._key(dims), ((0, 0.0), (0, 0.0)))
+        return shard[0] < SHARDED_TRIALS
 
     def run(self, arrays, dims, shards=None):
         """The kernel's outputs for `arrays`; `shards` forces a shard count."""
         n = shards if shards is not None else self.shards_for(dims)
-        if n is None:             # still timing: whole calls, then sharded ones
+        if n is None:             # still timing: sharded calls, then whole ones
             sharded = self._trial_sharded(dims)
             t0 = time.perf_counter()
             if sharded:
@@ -668,26 +672,20 @@ class Sharder:
         """Like `Kernel.bind`: a prepared call (whole or sharded, decided here by
         timing whole calls when the binding is new)."""
         n = self.shards_for(dims)
-        if n is None:
+        if n is None:               # time the shards, then whole calls; keep the faster
+            n = min(thread_count(), dims[self.plan.dim])
+            sharded = self._bind_sharded(arrays, dims, n)
             call, outs = self.kernel.bind(arrays, dims)
-            blas_threads.set(None)
-            while not self._trial_sharded(dims):
+            while self.shards_for(dims) is None:
+                on_shards = self._trial_sharded(dims)
+                if not on_shards:
+                    blas_threads.set(None)
                 t0 = time.perf_counter()
-                call()
-                self._record(dims, time.perf_counter() - t0)
+                (sharded[0] if on_shards else call)()
+                self._record(dims, time.perf_counter() - t0, on_shards)
             n = self.shards_for(dims)
-            if n == 1:
-                return call, outs
-            if n is None:           # long enough to try the shards: time them too
-                n = min(thread_count(), dims[self.plan.dim])
-                sharded = self._bind_sharded(arrays, dims, n)
-                while self.shards_for(dims) is None:
-                    t0 = time.perf_counter()
-                    sharded[0]()
-                    self._record(dims, time.perf_counter() - t0, sharded=True)
-                n = self.shards_for(dims)
-                if n > 1:
-                    return sharded
+            if n > 1:
+                return sharded
         if n == 1:
             call, outs = self.kernel.bind(arrays, dims)
 

@@ -224,20 +224,20 @@ def test_random_recurrences_sharded(T, B, H, act, reverse, mean, seed):
 
 # ----------------------------------------------------------------------------- the policy
 
-def test_policy_times_whole_calls_then_sharded_ones_then_decides(monkeypatch):
-    """Whole calls first; under the threshold the binding runs whole at once, else as
-    many sharded calls are timed. Every trial call returns the right values."""
+def test_policy_times_both_ways_then_decides(monkeypatch):
+    """Sharded calls, then whole ones, all timed; under the threshold the binding runs
+    whole. Every trial call returns the right values."""
     inputs, outputs = _elman()
     args = _elman_args(4, 6)
     ref = ag.function(inputs, outputs)(*args)
     monkeypatch.delenv("AUTOGRAPH_SHARD", raising=False)
     monkeypatch.setenv("AUTOGRAPH_THREADS", "2")
-    for threshold, trials in ((0.0, 2 * shard.TRIAL_CALLS), (float("inf"), shard.TRIAL_CALLS)):
+    for threshold in (0.0, float("inf")):
         monkeypatch.setattr(shard, "SHARD_MIN_SECONDS", threshold)
         f = ag.function(inputs, outputs, backend="llvm")
         arrays, dims = ag.backends.bind_inputs(f.graph.inputs, args)
         s = f.runner.sharder
-        for _ in range(trials):
+        for _ in range(shard.SHARDED_TRIALS + shard.TRIAL_CALLS):
             assert s.shards_for(dims) is None
             for r, g in zip(ref, f(*args)):
                 assert _relerr(r, g) < 1e-12
@@ -249,7 +249,7 @@ def test_policy_times_whole_calls_then_sharded_ones_then_decides(monkeypatch):
 @pytest.mark.parametrize("whole, sharded, expect", [
     (300e-6, 200e-6, 2),      # long enough, and the shards are faster
     (300e-6, 400e-6, 1),      # long enough, but the shards are slower
-    (100e-6, None, 1),        # too short to try the shards
+    (100e-6, 50e-6, 1),       # too short to gain from shards, whatever they measured
 ])
 def test_the_faster_way_is_kept(monkeypatch, whole, sharded, expect):
     monkeypatch.setenv("AUTOGRAPH_THREADS", "2")
@@ -259,14 +259,12 @@ def test_the_faster_way_is_kept(monkeypatch, whole, sharded, expect):
     f = ag.function(inputs, outputs, backend="llvm")
     s = f.runner.sharder
     dims = {"T": 4, "B": 6}
-    for _ in range(shard.TRIAL_CALLS):
-        s._record(dims, whole)
-    if sharded is None:
-        assert s.shards_for(dims) == expect
-        return
-    assert s.shards_for(dims) is None and s._trial_sharded(dims)
-    for _ in range(shard.TRIAL_CALLS):
+    for _ in range(shard.SHARDED_TRIALS):   # the sharded calls first
+        assert s.shards_for(dims) is None and s._trial_sharded(dims)
         s._record(dims, sharded, sharded=True)
+    for _ in range(shard.TRIAL_CALLS):
+        assert s.shards_for(dims) is None and not s._trial_sharded(dims)
+        s._record(dims, whole)
     assert s.shards_for(dims) == expect
 
 
