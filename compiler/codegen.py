@@ -33,7 +33,8 @@ MEM = {"float32": F32, "float64": F64, "int64": I64, "bool": I8}
 FLOATS = ("float32", "float64")
 PANEL_MIN_ROWS = 4          # fewer rows: the row-vector loops or BLAS (latency-bound tiles)
 PANEL_MAX_WORK = 1 << 20    # M·N·K up to which the tiles beat a multi-threaded library call
-TOP_TILES_MAX_WORK = 1 << 20  # products outside the per-step panels run in the tiles up to this
+TILES_IN_SHARDS = 1 << 24     # ... and up to this in sharded calls (OpenBLAS on one thread)
+TOP_TILES_MAX_WORK = 1 << 20  # products outside the per-step panels run in the tiles up to this M·N·K
 DOTS_MAX_ROWS = 3           # products with B = Wᵀ and at most this many rows: dot products
 
 
@@ -327,8 +328,11 @@ class Emitter:
             M, N, K = (self.ex(e) for e in (s.out.shape[0], s.out.shape[1], s.a.shape[1]))
             use = b.icmp_signed(">=", M, self.i64(PANEL_MIN_ROWS))
             use = b.and_(use, b.icmp_signed(">", K, self.i64(0)))
-            use = b.and_(use, b.icmp_signed("<=", b.mul(b.mul(M, N), K),
-                                            self.i64(TOP_TILES_MAX_WORK)))
+            small = b.icmp_signed("<=", b.mul(b.mul(M, N), K), self.i64(TOP_TILES_MAX_WORK))
+            if TILES_IN_SHARDS:
+                small = b.or_(small, b.and_(self.blas_single, b.icmp_signed(
+                    "<=", b.mul(b.mul(M, N), K), self.i64(TILES_IN_SHARDS))))
+            use = b.and_(use, small)
             with b.if_else(use) as (then, otherwise):
                 with then:
                     self._matmul_tiles(s)
@@ -534,7 +538,7 @@ class Emitter:
         call: sharded calls set it to one thread per shard (`shard.py`)."""
         if not blas.available():
             return ir.Constant(I1, 1)
-        if not any(isinstance(st, MatMul) and st.packed is not None
+        if not any(isinstance(st, MatMul) and (st.packed is not None or self._tiles_apply(st))
                    for st in walk(self.prog.body)):
             return ir.Constant(I1, 0)
         i32 = ir.IntType(32)

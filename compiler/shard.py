@@ -52,7 +52,9 @@ log = logging.getLogger("autograph.compiler")
 # sums cost more than the second core gives).
 SHARD_MIN_SECONDS = 250e-6
 TRIAL_CALLS = 3          # whole calls timed before deciding (the first pays page faults)
-SHARDED_TRIALS = 5       # sharded calls timed first (the first ones pay thread start-up)
+SHARDED_TRIALS = 5       # sharded calls timed first (the first ones pay thread start-up),
+SHARDED_TRIAL_SECONDS = 0.15   # and for at least this long: threads a multi-threaded BLAS
+SHARDED_TRIALS_MAX = 64        # call left spinning (~0.1 s) slow the shards meanwhile
 
 
 class NotSeparable(Exception):
@@ -568,6 +570,7 @@ class Sharder:
     def __init__(self, kernel, plan: ShardPlan):
         self.kernel, self.plan = kernel, plan
         self._trials: dict = {}      # dims key -> ((whole calls, best s), (sharded, best s))
+        self._trial_start: dict = {}  # dims key -> when its first trial call started
         self._scratch: list = []     # per worker: arena and pointer arrays
         self._decided: dict = {}     # dims key -> shard count (1 = whole)
 
@@ -615,10 +618,17 @@ class Sharder:
         """While timing: is the next trial call a sharded one? The sharded ones come
         first: after a whole call, OpenBLAS's threads keep spinning for a while (~0.1
         s) and slow the shards' worker down (a small GRU step: 9 ms in shards alone,
-        17–20 ms in shards alternating with whole calls); the first calls of either
-        way pay page faults and thread start-ups, so the best of each is compared."""
-        _, shard = self._trials.get(self._key(dims), ((0, 0.0), (0, 0.0)))
-        return shard[0] < SHARDED_TRIALS
+        17–20 ms in shards alternating with whole calls); so do the threads of a
+        BLAS call made before, NumPy's included: the shards are timed for at least
+        SHARDED_TRIAL_SECONDS (an Elman step of 3.4 ms ran 7.5 ms for its first
+        ~0.1 s of sharded calls). The first calls of either way pay page faults and
+        thread start-ups, so the best of each is compared."""
+        key = self._key(dims)
+        _, shard = self._trials.get(key, ((0, 0.0), (0, 0.0)))
+        start = self._trial_start.setdefault(key, time.perf_counter())
+        return shard[0] < SHARDED_TRIALS or (
+            shard[0] < SHARDED_TRIALS_MAX
+            and time.perf_counter() - start < SHARDED_TRIAL_SECONDS)
 
     def run(self, arrays, dims, shards=None):
         """The kernel's outputs for `arrays`; `shards` forces a shard count."""

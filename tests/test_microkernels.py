@@ -173,3 +173,31 @@ def test_a_damaged_library_entry_is_rebuilt(tmp_path, monkeypatch, caplog):
     A, W = np.ones((1, 8)), np.arange(40.0).reshape(5, 8)
     got = ag.function([a, w], [a @ ag.transpose(w)], backend="llvm")(A, W)[0]
     np.testing.assert_allclose(got, A @ W.T, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_top_level_products_in_tiles_alone_or_in_shards(dtype):
+    """Products with B's rows contiguous run in the tiles up to TOP_TILES_MAX_WORK
+    multiply-adds, and up to TILES_IN_SHARDS when OpenBLAS is on one thread (as in a
+    sharded call); beyond, OpenBLAS. Each case against NumPy."""
+    from compiler import codegen
+    from compiler.shard import blas_threads
+    nr = 2 * vecmath.lanes(dtype)
+    M, K, N = "M", 100, 8 * nr
+    a = ag.placeholder("a", (M, K), dtype)
+    w = ag.placeholder("w", (K, N), dtype)
+    kernel = ag.function([a, w], [a @ w], backend="llvm").runner.kernel
+    assert re.search(r'call void @"?ag_panels_' + dtype, kernel.ir_text)
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((K, N)).astype(dtype)
+    sizes = [8, codegen.TOP_TILES_MAX_WORK // (K * N) + 7,       # tiles either way
+             codegen.TILES_IN_SHARDS // (K * N) - 3]              # tiles only on one thread
+    for rows in sizes:
+        A = rng.standard_normal((rows, K)).astype(dtype)
+        for threads in (1, None):
+            blas_threads.set(threads)
+            try:
+                got = kernel.run([A, W], {"M": rows})[0]
+            finally:
+                blas_threads.set(None)
+            np.testing.assert_allclose(got, A @ W, **_tol(dtype))

@@ -232,6 +232,7 @@ def test_policy_times_both_ways_then_decides(monkeypatch):
     ref = ag.function(inputs, outputs)(*args)
     monkeypatch.delenv("AUTOGRAPH_SHARD", raising=False)
     monkeypatch.setenv("AUTOGRAPH_THREADS", "2")
+    monkeypatch.setattr(shard, "SHARDED_TRIAL_SECONDS", 0.0)
     for threshold in (0.0, float("inf")):
         monkeypatch.setattr(shard, "SHARD_MIN_SECONDS", threshold)
         f = ag.function(inputs, outputs, backend="llvm")
@@ -255,6 +256,7 @@ def test_the_faster_way_is_kept(monkeypatch, whole, sharded, expect):
     monkeypatch.setenv("AUTOGRAPH_THREADS", "2")
     monkeypatch.delenv("AUTOGRAPH_SHARD", raising=False)
     monkeypatch.setattr(shard, "SHARD_MIN_SECONDS", 250e-6)
+    monkeypatch.setattr(shard, "SHARDED_TRIAL_SECONDS", 0.0)
     inputs, outputs = _elman()
     f = ag.function(inputs, outputs, backend="llvm")
     s = f.runner.sharder
@@ -266,6 +268,22 @@ def test_the_faster_way_is_kept(monkeypatch, whole, sharded, expect):
         assert s.shards_for(dims) is None and not s._trial_sharded(dims)
         s._record(dims, whole)
     assert s.shards_for(dims) == expect
+
+
+def test_shards_are_timed_for_a_while_but_not_forever(monkeypatch):
+    """Sharded trials go on for SHARDED_TRIAL_SECONDS (the spin window of threads a
+    BLAS call left behind), at most SHARDED_TRIALS_MAX calls."""
+    monkeypatch.setenv("AUTOGRAPH_THREADS", "2")
+    monkeypatch.delenv("AUTOGRAPH_SHARD", raising=False)
+    monkeypatch.setattr(shard, "SHARDED_TRIAL_SECONDS", 1e9)
+    monkeypatch.setattr(shard, "SHARDED_TRIALS_MAX", 9)
+    inputs, outputs = _elman()
+    s = ag.function(inputs, outputs, backend="llvm").runner.sharder
+    dims = {"T": 4, "B": 6}
+    for _ in range(9):
+        assert s._trial_sharded(dims)
+        s._record(dims, 1e-3, sharded=True)
+    assert not s._trial_sharded(dims)
 
 
 def test_bind_decides_by_timing_both_ways(monkeypatch):
