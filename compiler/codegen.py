@@ -19,8 +19,7 @@ from llvmlite import ir
 
 import re
 
-from . import blas, vecmath
-from . import microkernels
+from . import blas, microkernels, vecmath
 from .expr import Expr
 from .loopir import (Apply, Check, Const, Fused, Gather, Iota, Load, Loop, Map, MatMul,
                      Program, Reduce, Ref, ScatterAdd, tree_nodes, walk)
@@ -33,8 +32,8 @@ MEM = {"float32": F32, "float64": F64, "int64": I64, "bool": I8}
 FLOATS = ("float32", "float64")
 PANEL_MIN_ROWS = 4          # fewer rows: the row-vector loops or BLAS (latency-bound tiles)
 PANEL_MAX_WORK = 1 << 20    # M·N·K up to which the tiles beat a multi-threaded library call
+TOP_TILES_MAX_WORK = 1 << 20  # other products with B's rows contiguous: tiles up to this M·N·K
 TILES_IN_SHARDS = 1 << 24     # ... and up to this in sharded calls (OpenBLAS on one thread)
-TOP_TILES_MAX_WORK = 1 << 20  # products outside the per-step panels run in the tiles up to this M·N·K
 DOTS_MAX_ROWS = 3           # products with B = Wᵀ and at most this many rows: dot products
 
 

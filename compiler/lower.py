@@ -416,7 +416,7 @@ def _panels(lw, a: Ref, b: Ref) -> Ref | None:
         return None
     K, N = b.shape
     nr = 2 * host[1] // (4 if a.dtype == "float32" else 8)
-    if not (K.is_const and N.is_const) or N.const % nr:
+    if not (K.is_const and N.is_const) or N.const % nr or K.const == 0:
         return None
     key = b.view
     if key not in lw.panels:        # filled by the kernel when a tiled product first runs
