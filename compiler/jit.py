@@ -106,14 +106,14 @@ def cache_key(program_digest: str) -> str:
     """Hash of everything the object code depends on: the program (`fingerprint`),
     the code generator and its switches, LLVM, the target CPU."""
     from autograph import __version__
-    from . import blas, codegen, vecmath
+    from . import blas, codegen, lower, vecmath
     tm, cpu, features, triple = target_machine()
     h = hashlib.sha256()
     for part in (program_digest, _compiler_digest(), ".".join(map(str, llvm.llvm_version_info)),
                  llvmlite.__version__, triple, cpu, features, str(OPT_LEVEL),
                  repr(sorted(PIPELINE.items())), repr(blas.available()),
                  str(blas.BLAS_MIN_WORK), str(codegen.TOP_TILES_MAX_WORK),
-                 str(codegen.TILES_IN_SHARDS),
+                 str(codegen.TILES_IN_SHARDS), str(lower.PACK_FOR_TILES),
                  repr(vecmath.isa()), __version__,
                  CACHE_FORMAT.decode()):
         h.update(part.encode())

@@ -98,6 +98,7 @@ class Lowering:
         self.items: dict[int, set] = {}     # scan node → which of its outputs are used
         self.fuse_sum: set[int] = set()     # matmuls whose only use is a sum over axis 0
         self.invariant: set = set()         # loop-invariant buffers of the loop being lowered
+        self.depth = 0                      # loops around the statements being lowered
         self.panels: dict = {}              # view of a weight → its panel-packed copy
 
     # ----------------------------------------------------------------- buffers
@@ -400,8 +401,34 @@ def _matmul(lw, node, vals, body):
         return PendingMatMul(a, b, node.dtype)
     out = lw.new(node.shape, node.dtype)
     flat = _flatten_batch(a, b, out)
-    body.append(MatMul(*flat) if flat else MatMul(out, a, b, _panels(lw, a, b)))
+    if flat:
+        o, a2, b2 = flat
+        if lw.depth == 0 and _transposed_for_tiles(b2):
+            b2 = lw.contiguous(b2, body)
+        body.append(MatMul(o, a2, b2))
+        return out
+    if lw.depth == 0 and _transposed_for_tiles(b):
+        b = lw.contiguous(b, body)
+    body.append(MatMul(out, a, b, _panels(lw, a, b)))
     return out
+
+
+PACK_FOR_TILES = 1 << 16    # elements of a transposed weight copied for the tiles (0: never)
+
+
+def _transposed_for_tiles(b: Ref) -> bool:
+    """A small static weight read transposed (W.T: unit stride down its columns) by a
+    product outside any loop: copied row-major first (K·N ≤ PACK_FOR_TILES numbers, a
+    fraction of the product's work), so that the register tiles (`codegen`) can run it
+    instead of a library call when it is small."""
+    from . import vecmath
+    if b.ndim != 2 or b.dtype not in ("float32", "float64") or vecmath.isa() is None:
+        return False
+    K, N = b.shape
+    one = Expr.of(1)
+    return (K.is_const and N.is_const and 0 < K.const * N.const <= PACK_FOR_TILES
+            and b.strides[0] == one and b.strides[1] != one
+            and N.const % (2 * vecmath.lanes(b.dtype)) == 0)
 
 
 def _panels(lw, a: Ref, b: Ref) -> Ref | None:
@@ -600,10 +627,12 @@ def _scan(lw, node, vals, body):
         env[id(b)] = c
     saved = lw.invariant, lw.panels
     lw.invariant, lw.panels = {c.buf.id for c in consts if isinstance(c, Ref)}, {}
+    lw.depth += 1
     try:
         outs = lw.lower_nodes(g, env, inner)
     finally:
         lw.invariant, lw.panels = saved
+        lw.depth -= 1
     for y, v in zip(ys, outs[nc:]):
         if y is not None:
             lw.store(index0(y, t), v, inner)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import autograph as ag
 from compiler import jit, microkernels, vecmath
+from compiler.expr import Expr
 
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -201,3 +202,28 @@ def test_top_level_products_in_tiles_alone_or_in_shards(dtype):
             finally:
                 blas_threads.set(None)
             np.testing.assert_allclose(got, A @ W, **_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_small_transposed_weights_outside_loops_are_copied_for_the_tiles(dtype):
+    """x·Wᵀ outside any loop, W small and static, its width a multiple of two vectors:
+    Wᵀ is copied row-major first and the product reads the copy (so the tiles, not a
+    library call, run it when it is small); the values are NumPy's for any rows."""
+    from compiler import lower
+    from compiler.loopir import Map, MatMul
+    nr = 2 * vecmath.lanes(dtype)
+    K, N = 10, 2 * nr
+    x = ag.placeholder("x", ("M", K), dtype)
+    w = ag.placeholder("w", (N, K), dtype)
+    f = ag.function([x, w], [ag.tanh(x @ ag.transpose(w))], backend="llvm")
+    body = f.runner.kernel.prog.body
+    (mm,) = [s for s in body if isinstance(s, MatMul)]
+    assert mm.b.buf.kind == "arena" and mm.b.strides[-1] == Expr.of(1)
+    copy = next(s for s in body if isinstance(s, Map) and s.out.buf is mm.b.buf)
+    assert body.index(copy) < body.index(mm)
+    assert lower.PACK_FOR_TILES >= K * N
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((N, K)).astype(dtype)
+    for rows in (1, 5, 300):
+        X = rng.standard_normal((rows, K)).astype(dtype)
+        np.testing.assert_allclose(f(X, W)[0], np.tanh(X @ W.T), **_tol(dtype))
