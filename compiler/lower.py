@@ -403,11 +403,11 @@ def _matmul(lw, node, vals, body):
     flat = _flatten_batch(a, b, out)
     if flat:
         o, a2, b2 = flat
-        if lw.depth == 0 and _transposed_for_tiles(b2):
+        if lw.depth == 0 and _transposed_for_tiles(a2, b2):
             b2 = lw.contiguous(b2, body)
         body.append(MatMul(o, a2, b2))
         return out
-    if lw.depth == 0 and _transposed_for_tiles(b):
+    if lw.depth == 0 and _transposed_for_tiles(a, b):
         b = lw.contiguous(b, body)
     body.append(MatMul(out, a, b, _panels(lw, a, b)))
     return out
@@ -416,13 +416,18 @@ def _matmul(lw, node, vals, body):
 PACK_FOR_TILES = 1 << 16    # elements of a transposed weight copied for the tiles (0: never)
 
 
-def _transposed_for_tiles(b: Ref) -> bool:
+def _transposed_for_tiles(a: Ref, b: Ref) -> bool:
     """A small static weight read transposed (W.T: unit stride down its columns) by a
     product outside any loop: copied row-major first (K·N ≤ PACK_FOR_TILES numbers, a
     fraction of the product's work), so that the register tiles (`codegen`) can run it
-    instead of a library call when it is small."""
+    instead of a library call when it is small. Not for a known handful of rows (a
+    B = 1 inference step), where the copy would cost as much as the product and the
+    dot-product kernel reads W.T in place."""
     from . import vecmath
     if b.ndim != 2 or b.dtype not in ("float32", "float64") or vecmath.isa() is None:
+        return False
+    M = a.shape[-2]
+    if M.is_const and M.const < 8:
         return False
     K, N = b.shape
     one = Expr.of(1)
