@@ -95,19 +95,7 @@ class Emitter:
 
     def loop(self, count, body_fn, name="i"):
         """for i in range(count): body_fn(i)   (skipped when count <= 0)."""
-        b = self.b
-        pre = b.block
-        body_bb = self.fn.append_basic_block(f"{name}.body")
-        exit_bb = self.fn.append_basic_block(f"{name}.exit")
-        b.cbranch(b.icmp_signed(">", count, self.i64(0)), body_bb, exit_bb)
-        b.position_at_end(body_bb)
-        i = b.phi(I64, name=name)
-        i.add_incoming(self.i64(0), pre)
-        body_fn(i)
-        nxt = b.add(i, self.i64(1), name=f"{name}.next")
-        i.add_incoming(nxt, b.block)
-        b.cbranch(b.icmp_signed("<", nxt, count), body_bb, exit_bb)
-        b.position_at_end(exit_bb)
+        microkernels.emit_loop(self.fn, self.b, count, body_fn, name)
 
     def nest(self, shape, fn, idx=()):
         """Loops over every index of `shape` (row-major order); fn(index tuple)."""

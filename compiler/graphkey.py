@@ -18,7 +18,7 @@ from autograph.graph import Graph
 
 
 class _Unkeyable(Exception):
-    pass
+    """Raised inside the digest by what it cannot spell; caught by graph_fingerprint."""
 
 
 def graph_fingerprint(graph: Graph) -> str | None:

@@ -39,6 +39,24 @@ REG = {"float32": ir.FloatType(), "float64": ir.DoubleType()}
 PANEL_KC = 256              # steps of k per pass of the tiles: a block of rows stays in L1
 
 
+def emit_loop(fn: ir.Function, b: ir.IRBuilder, count, body, name="i"):
+    """for i in range(count): body(i) in `fn` at `b`'s position (skipped when count
+    <= 0); the one loop builder of the code generator and of these kernels."""
+    zero = ir.Constant(I64, 0)
+    pre = b.block
+    body_bb = fn.append_basic_block(f"{name}.body")
+    exit_bb = fn.append_basic_block(f"{name}.exit")
+    b.cbranch(b.icmp_signed(">", count, zero), body_bb, exit_bb)
+    b.position_at_end(body_bb)
+    i = b.phi(I64, name=name)
+    i.add_incoming(zero, pre)
+    body(i)
+    nxt = b.add(i, ir.Constant(I64, 1), name=f"{name}.next")
+    i.add_incoming(nxt, b.block)
+    b.cbranch(b.icmp_signed("<", nxt, count), body_bb, exit_bb)
+    b.position_at_end(exit_bb)
+
+
 def panel_rows() -> int:
     """Rows of a register tile of `panels`: 2 vector registers per row, 3 left for the
     panel row and the broadcast."""
@@ -118,20 +136,7 @@ class _Body:
         return ir.Constant(I64, int(v))
 
     def loop(self, count, body, name="i"):
-        """for i in range(count): body(i)   (skipped when count <= 0)."""
-        b = self.b
-        pre = b.block
-        body_bb = self.fn.append_basic_block(f"{name}.body")
-        exit_bb = self.fn.append_basic_block(f"{name}.exit")
-        b.cbranch(b.icmp_signed(">", count, self.c(0)), body_bb, exit_bb)
-        b.position_at_end(body_bb)
-        i = b.phi(I64, name=name)
-        i.add_incoming(self.c(0), pre)
-        body(i)
-        nxt = b.add(i, self.c(1))
-        i.add_incoming(nxt, b.block)
-        b.cbranch(b.icmp_signed("<", nxt, count), body_bb, exit_bb)
-        b.position_at_end(exit_bb)
+        emit_loop(self.fn, self.b, count, body, name)
 
     def at(self, base, off):
         return self.b.gep(base, [off], inbounds=True, source_etype=self.ty)
