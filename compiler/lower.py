@@ -14,6 +14,7 @@ is lowered once, so compile time does not depend on T.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import numpy as np
 
 from autograph.graph import Graph
 
+from . import inplace
 from .expr import Expr, product, row_major
 from .loopir import (Apply, Buffer, Check, Const, Gather, Iota, Lazy, Lit, Load, Loop, Map,
                      MatMul, Program, Reduce, Ref, ScatterAdd, tree_refs, walk)
@@ -34,6 +36,7 @@ ELEMENTWISE = ("exp", "log", "tanh", "sigmoid", "sqrt", "neg", "abs", "sign", "r
                "logical_and", "logical_or", "logical_not", "where", "cast")
 
 ERR_INDEX, ERR_ZERO_DIV, ERR_NEG_POW = 1, 2, 3
+INPLACE = True    # stacked outputs of a loop in place of the sequences it has read (inplace.py)
 MAX_FUSED = 48   # ops in one fused elementwise tree; longer chains are stored in pieces
 
 
@@ -89,7 +92,9 @@ def left_view(ref: Ref, shape) -> Ref:
 class Lowering:
     """State of one lowering: buffers made so far, checks, loop variable names."""
 
-    def __init__(self):
+    def __init__(self, approved=frozenset()):
+        self.approved = set(approved)       # (scan, output) stored in place (inplace.py)
+        self.proposals: list = []
         self.buffers: list[Buffer] = []
         self.constraints: list = []
         self.errors: dict = {}
@@ -612,8 +617,6 @@ def _scan(lw, node, vals, body):
         carries.append(ref)
     types = p["out_types"]
     n_ys = len(g.outputs) - nc
-    ys = [lw.new(types[nc + i][0], types[nc + i][1]) if nc + i in used else None
-          for i in range(n_ys)]
     hist = [lw.new(types[nc + n_ys + i][0], types[nc + n_ys + i][1])
             if nc + n_ys + i in used else None for i in range(nc)]
     var = f"$t{next(lw._loops)}"
@@ -638,10 +641,19 @@ def _scan(lw, node, vals, body):
     finally:
         lw.invariant, lw.panels = saved
         lw.depth -= 1
-    for y, v in zip(ys, outs[nc:]):
-        if y is not None:
-            lw.store(index0(y, t), v, inner)
     carry_bufs = {c.buf.id for c in carries}
+    homes, proposed = _homes(lw, node, xs, consts, carry_bufs, outs[nc:], used, inner, loop)
+    ys = [None] * n_ys
+    for i, v in enumerate(outs[nc:]):
+        if nc + i not in used:
+            continue
+        if i in homes:
+            ys[i] = homes[i]
+            continue
+        ys[i] = lw.new(types[nc + i][0], types[nc + i][1])
+        lw.store(index0(ys[i], t), v, inner)
+        if i in proposed:
+            lw.proposals.append(dataclasses.replace(proposed[i], own=ys[i].buf))
     staged = []
     for c, v in zip(carries, outs[:nc]):
         if v is c:
@@ -658,10 +670,75 @@ def _scan(lw, node, vals, body):
     for c, v in zip(carries, staged):
         if v is not None and not (isinstance(v, Ref) and v.buf is c.buf):
             lw.store(c, v, inner)
+    # outputs stored in place of the sequence they were computed from: last in the step
+    for i, h in sorted(homes.items()):
+        lw.store(index0(h, t), outs[nc + i], inner)
     body.append(loop)
     return tuple(carries + ys + hist)
 
 
+def _source(v, inner):
+    """The elementwise tree that computed a step value: its own, or that of the one map
+    of this step that stored it."""
+    if isinstance(v, Lazy):
+        return v.tree
+    if not isinstance(v, Ref):
+        return None
+    writers = [s for s in inner if any(r.buf is v.buf for r in _written_refs(s))]
+    if len(writers) == 1 and isinstance(writers[0], Map) and writers[0].out.view == v.view:
+        return writers[0].tree
+    return None
+
+
+def _written_refs(s):
+    if isinstance(s, Loop):
+        return [r for x in walk(s.body) for r in _written_refs(x)]
+    out = getattr(s, "out", None)
+    return [out] if out is not None else []
+
+
+def _homes(lw, node, xs, consts, carry_bufs, values, used, inner, loop) -> tuple:
+    """Stacked outputs stored in place of a sequence (see `inplace.py`): the homes of
+    the approved ones (output index → view) and proposals for the others."""
+    if not INPLACE:
+        return {}, {}
+    blocked = {c.buf.id for c in consts if isinstance(c, Ref)} | carry_bufs
+    seqs = [(j, x) for j, x in enumerate(xs) if isinstance(x, Ref) and x.buf.kind == "arena"
+            and x.buf.id not in blocked]
+    options: dict = {}          # sequence buffer id → {output: [(home, depth, exclusive)]}
+    index = {}
+    for i, v in enumerate(values):
+        if node.params["n_carry"] + i not in used or isinstance(v, Lit) \
+                or any(r.buf.id in carry_bufs for r in inplace._reads(v)):
+            continue
+        source = _source(v, inner)
+        for j, x in seqs:
+            found = inplace.candidates(x, v, source, inner, S(v.shape), loop.var)
+            if found:
+                options.setdefault(x.buf.id, {})[i] = found
+                index[x.buf.id] = j
+                break
+    homes, proposed = {}, {}
+    for bid, opts in options.items():
+        for i, (h, exclusive) in inplace.assign(opts, loop.var).items():
+            key = (id(node), i)
+            if key in lw.approved:
+                homes[i] = h
+            else:
+                proposed[i] = inplace.Proposal(key, index[bid], h, loop, None, exclusive)
+    return homes, proposed
+
+
 def lower(graph: Graph) -> Program:
-    """The loop-IR program of `graph` (before buffer planning)."""
-    return Lowering().lower_graph(graph)
+    """The loop-IR program of `graph` (before buffer planning), with the stacked outputs
+    of loops stored in place of dead sequences where `inplace.approve` finds it safe:
+    lowered again while new aliases are approved (one round per link of a chain)."""
+    approved: set = set()
+    for _ in range(inplace.MAX_ROUNDS):
+        lw = Lowering(approved)
+        prog = lw.lower_graph(graph)
+        new = inplace.approve(prog, lw.proposals, approved)
+        if not new:
+            return prog
+        approved |= new
+    return Lowering(approved).lower_graph(graph)
