@@ -114,6 +114,7 @@ def cache_key(program_digest: str) -> str:
                  repr(sorted(PIPELINE.items())), repr(blas.available()),
                  str(blas.BLAS_MIN_WORK), str(codegen.TOP_TILES_MAX_WORK),
                  str(codegen.TILES_IN_SHARDS), str(lower.PACK_FOR_TILES), str(lower.INPLACE),
+                 str(lower.HISTORY_IN_STACK),
                  repr(vecmath.isa()), __version__,
                  CACHE_FORMAT.decode()):
         h.update(part.encode())

@@ -37,6 +37,7 @@ ELEMENTWISE = ("exp", "log", "tanh", "sigmoid", "sqrt", "neg", "abs", "sign", "r
 
 ERR_INDEX, ERR_ZERO_DIV, ERR_NEG_POW = 1, 2, 3
 INPLACE = True    # stacked outputs of a loop in place of the sequences it has read (inplace.py)
+HISTORY_IN_STACK = True   # a carry's history and its stacked new values share one [T + 1] stack
 MAX_FUSED = 48   # ops in one fused elementwise tree; longer chains are stored in pieces
 
 
@@ -617,8 +618,18 @@ def _scan(lw, node, vals, body):
         carries.append(ref)
     types = p["out_types"]
     n_ys = len(g.outputs) - nc
+    # a carry whose history and whose new values are both stacked: one [T + 1] stack
+    shared = {}
+    for i in range(nc):
+        k = next((k for k in range(n_ys) if g.outputs[nc + k] is g.outputs[i]
+                  and nc + k in used and k not in shared.values()), None)
+        if k is not None and nc + n_ys + i in used and HISTORY_IN_STACK:
+            shared[i] = k
     hist = [lw.new(types[nc + n_ys + i][0], types[nc + n_ys + i][1])
-            if nc + n_ys + i in used else None for i in range(nc)]
+            if nc + n_ys + i in used and i not in shared else None for i in range(nc)]
+    ys = [None] * n_ys
+    for i, k in shared.items():
+        hist[i], ys[k] = _history_and_stack(lw, types[nc + k], p["reverse"])
     var = f"$t{next(lw._loops)}"
     t = Expr.of(var)
     loop = Loop(var, Expr.of(p["length"]), p["reverse"])
@@ -642,10 +653,13 @@ def _scan(lw, node, vals, body):
         lw.invariant, lw.panels = saved
         lw.depth -= 1
     carry_bufs = {c.buf.id for c in carries}
-    homes, proposed = _homes(lw, node, xs, consts, carry_bufs, outs[nc:], used, inner, loop)
-    ys = [None] * n_ys
+    homes, proposed = _homes(lw, node, xs, consts, carry_bufs, outs[nc:],
+                             used - {nc + k for k in shared.values()}, inner, loop)
     for i, v in enumerate(outs[nc:]):
         if nc + i not in used:
+            continue
+        if i in shared.values():
+            lw.store(index0(ys[i], t), v, inner)
             continue
         if i in homes:
             ys[i] = homes[i]
@@ -675,6 +689,17 @@ def _scan(lw, node, vals, body):
         lw.store(index0(h, t), outs[nc + i], inner)
     body.append(loop)
     return tuple(carries + ys + hist)
+
+
+def _history_and_stack(lw, typ, reverse) -> tuple:
+    """Views of one [T + 1, …] buffer: the carry at the start of each step (its history)
+    and after it (its stacked new values) — the same values one step apart."""
+    shape, dtype = S(typ[0]), typ[1]
+    full = lw.new((shape[0] + 1,) + shape[1:], dtype)
+    step = full.strides[0]
+    first = Ref(full.buf, Expr.of(0), shape, full.strides)
+    second = Ref(full.buf, step, shape, full.strides)
+    return (second, first) if reverse else (first, second)
 
 
 def _source(v, inner):

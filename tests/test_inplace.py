@@ -29,8 +29,9 @@ def _close(ref, got, rtol):
         assert float(np.max(np.abs(r - g), initial=0.0)) <= rtol * scale
 
 
-def _arena(graph, dims, monkeypatch, on):
+def _arena(graph, dims, monkeypatch, on, history=True):
     monkeypatch.setattr(lower, "INPLACE", on)
+    monkeypatch.setattr(lower, "HISTORY_IN_STACK", history)
     _, prog, _ = build(graph)
     return prog.arena_layout(dims)[0]
 
@@ -78,7 +79,7 @@ def test_views_that_repeat_an_element_are_not_homes():
 def test_training_steps_store_gates_in_place_and_agree(kind, saved, monkeypatch):
     """The workload's step: the same numbers as the interpreter (1e-12), and `saved`
     [T, B, H] stacks fewer in the arena (the gates live in X·U's slices, the
-    pre-activation gradients in the gates')."""
+    pre-activation gradients in the gates'), one more for h's history."""
     from rnn.workload import training_step
     D, H, B, T = 8, 16, 3, 5
     model, data, outs = training_step(kind, D, H)
@@ -88,6 +89,9 @@ def test_training_steps_store_gates_in_place_and_agree(kind, saved, monkeypatch)
     off = _arena(graph, dims, monkeypatch, False)
     on = _arena(graph, dims, monkeypatch, True)
     assert on <= off - saved * T * B * H * 8
+    # h's history (h_{t-1}, for the backward pass) and its stack (h_t, for the readout)
+    # are one [T + 1, B, H] buffer
+    assert on <= _arena(graph, dims, monkeypatch, True, history=False) - (T - 1) * B * H * 8
     rng = np.random.default_rng(1)
     args = [rng.normal(size=(T, B, D)), rng.normal(size=(T, B, D))]
     args += list(model.state_dict().values())
