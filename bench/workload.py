@@ -241,7 +241,8 @@ def compile_report(dtype, log, rounds: int = 5):
 def memory_report(cell, size, dtype, log):
     """Memory of one compiled step: the kernel's arena (every temporary, the activations
     stored for the backward pass included; kept between calls) and its outputs (loss and
-    gradients), against the parameters, the inputs and one [T, B, H] activation."""
+    gradients), against the parameters, the inputs and one [T, B, H] activation. The
+    arena is split into its slots that grow with T (stacks over time) and the rest."""
     B, T, D, H = SIZES[size]
     ours = Ours(cell, D, H, dtype, "llvm")
     rng = np.random.default_rng(0)
@@ -249,15 +250,18 @@ def memory_report(cell, size, dtype, log):
     y = rng.standard_normal((T, B, D)).astype(dtype)
     outs = ours.fn(x, y, *ours.params)
     kernel = ours.fn.runner.kernel
-    arena = kernel.prog.arena_layout({"T": T, "B": B})[0]
+    env = {"T": T, "B": B}
+    arena = kernel.prog.arena_layout(env)[0]
     item = np.dtype(dtype).itemsize
+    stacks = sum(n.evaluate(env) * k for n, k in kernel.prog.slots if "T" in n.symbols)
     n_params = sum(p.size for p in ours.params)
     act = T * B * H * item
     mib = 2 ** 20
-    log(f"| {cell} {size} {dtype} | arena {arena / mib:.1f} MiB (= {arena / act:.1f} "
-        f"[T,B,H] activations of {act / mib:.1f} MiB) | outputs "
-        f"{sum(o.nbytes for o in outs) / mib:.1f} MiB | parameters {n_params * item / mib:.1f} "
-        f"MiB | inputs x, y {2 * x.nbytes / mib:.1f} MiB |")
+    log(f"| {cell} {size} {dtype} | arena {arena / mib:.1f} MiB = {arena / act:.1f} [T,B,H] "
+        f"| stacks over time {stacks / act:.1f} [T,B,H] | the rest (constant in T) "
+        f"{(arena - stacks) / mib:.1f} MiB | outputs {sum(o.nbytes for o in outs) / mib:.1f} "
+        f"MiB | parameters {n_params * item / mib:.1f} MiB | inputs x, y "
+        f"{2 * x.nbytes / mib:.1f} MiB |")
 
 
 def latency_report(cell, dtype, repeat, log):
@@ -345,8 +349,8 @@ def main(argv=None) -> int:
     for dtype in args.dtypes:
         compile_report(dtype, log)
     log("\n## peak memory of one compiled step\n")
-    for dtype in args.dtypes:
-        memory_report("lstm", args.sizes[-1], dtype, log)
+    for cell in args.cells:
+        memory_report(cell, args.sizes[-1], args.dtypes[0], log)
     log("\n## single-step inference latency, B = 1\n")
     for cell in args.cells:
         for dtype in args.dtypes:
