@@ -389,17 +389,24 @@ class Emitter:
                     self._matmul_loops(s)
 
     def _dots_apply(self, s: MatMul) -> bool:
-        one = Expr.of(1)
-        return (s.out.dtype in FLOATS and s.a.strides[-1] == one and s.b.strides[-2] == one
-                and s.b.strides[-1] != one)
+        return dots_apply(s)
 
     def _matmul_dots(self, s: MatMul):
-        """Dot products along k (`microkernels.dots`), per batch."""
+        """Dot products along k, per batch: `microkernels.par_dots`, which splits the
+        columns with the worker whose words status[2] points to (0: none; see
+        `jit.Kernel.run`) when the product is large enough, else runs `dots`."""
         out, A, B = s.out, s.a, s.b
         zero = self.i64(0)
+        b = self.b
+        if may_split(s):
+            mailbox = [b.inttoptr(b.load(b.gep(self.status, [self.i64(2)], source_etype=I64),
+                                         typ=I64), PTR)]
+            kernel = self.micro("par_dots", out.dtype)
+        else:
+            mailbox, kernel = [], self.micro("dots", out.dtype)
 
         def call(bidx):
-            self.b.call(self.micro("dots", out.dtype), [
+            self.b.call(kernel, mailbox + [
                 self.ex(out.shape[-2]), self.ex(out.shape[-1]), self.ex(A.shape[-1]),
                 self.ptr(A, bidx + (zero, zero)), self.ex(A.strides[-2]),
                 self.ptr(B, bidx + (zero, zero)), self.ex(B.strides[-1]),
@@ -590,6 +597,19 @@ def _blas_layout(s: MatMul):
     if a is None or b is None or s.out.strides[-1] != one:
         return None
     return a, b, s.out.strides[-2]
+
+
+def dots_apply(s: MatMul) -> bool:
+    """A product `microkernels.dots` can run: A's rows and B's columns contiguous (B = Wᵀ)."""
+    one = Expr.of(1)
+    return (s.out.dtype in FLOATS and s.a.strides[-1] == one and s.b.strides[-2] == one
+            and s.b.strides[-1] != one)
+
+
+def may_split(s: MatMul) -> bool:
+    """A product whose N·K can reach `microkernels.PAR_SPLIT_MIN`: it calls `par_dots`."""
+    work = s.out.shape[-1] * s.a.shape[-1]
+    return not work.is_const or work.const >= microkernels.PAR_SPLIT_MIN
 
 
 def _region(buf):

@@ -20,8 +20,9 @@ import llvmlite.binding as llvm
 from autograph.errors import BackendError, InputError
 from autograph.graph import Graph
 
-from .codegen import emit_text
-from .loopir import Program, fingerprint
+from . import spin
+from .codegen import dots_apply, emit_text, may_split
+from .loopir import MatMul, Program, fingerprint, walk
 
 log = logging.getLogger("autograph.compiler")
 
@@ -271,6 +272,9 @@ class Kernel:
         self._layouts: dict = {}
         self._scratch = threading.local()
         self.names = [x.name for x in graph.inputs]
+        # products that may split their columns with a worker (`microkernels.par_dots`)
+        self.parallel = any(isinstance(s, MatMul) and dots_apply(s) and may_split(s)
+                            for s in walk(prog.body))
 
     @functools.cached_property
     def ir_text(self) -> str:
@@ -354,7 +358,10 @@ class Kernel:
     def run(self, arrays, dims, scratch=None):
         """Run on arrays already checked against the graph (`autograph.function`)."""
         args, outs, status = self.prepare(arrays, dims, scratch)
-        self._fn(*args)
+        if self.parallel and scratch is None:
+            with_worker(self._fn, args, status)
+        else:
+            self._fn(*args)
         if status[0]:
             self._raise(status)
         return outs
@@ -368,7 +375,7 @@ class Kernel:
         layout = self._layout(dims)
         local = self._scratch if scratch is None else scratch
         if not hasattr(local, "status"):
-            local.status = (ctypes.c_int64 * 2)()
+            local.status = (ctypes.c_int64 * 3)()    # code, value, worker words (0)
             local.ins = (ctypes.c_void_p * max(len(arrays), 1))()
             local.last = [None] * len(arrays)   # the arrays whose pointers `ins` holds
             local.ous = (ctypes.c_void_p * max(len(self.prog.outputs), 1))()
@@ -405,20 +412,56 @@ class Kernel:
         outs = [np.empty(shape, dtype) for shape, dtype in layout.outs]
         ins = (ctypes.c_void_p * max(len(arrays), 1))(*[_data_ptr(a) for a in arrays])
         ous = (ctypes.c_void_p * max(len(outs), 1))(*[_data_ptr(o) for o in outs])
-        status = (ctypes.c_int64 * 2)()
+        status = (ctypes.c_int64 * 3)()
         args = (layout.dims_ptr, ctypes.addressof(ins), ctypes.addressof(ous),
                 _data_ptr(arena), layout.offsets_ptr, ctypes.addressof(status))
         keep = (list(arrays), arena, ins, ous, layout, self)   # all stay alive
         fn = self._fn
+        if self.parallel:
+            with spin.lock:
+                worker = spin.workers(1)[0]
+            lock, words, address = spin.lock, worker.words, worker.address
 
-        def call():
-            fn(*args)
-            if status[0]:
-                self._raise(status)
-            return outs
+            def call():
+                # with_worker, inlined: this is the latency of a generation step
+                if lock.acquire(False):
+                    try:
+                        status[2] = 0 if words[2] and worker.awake() is False else address
+                        fn(*args)
+                    finally:
+                        status[2] = 0
+                        lock.release()
+                else:
+                    fn(*args)
+                if status[0]:
+                    self._raise(status)
+                return outs
+        else:
+            def call():
+                fn(*args)
+                if status[0]:
+                    self._raise(status)
+                return outs
         call.keep = keep
         call.args, call.status = args, status     # the raw call (sharded bound calls)
         return call, outs
+
+
+def with_worker(fn, args, status) -> None:
+    """Call a kernel whose single-row products may split their columns with the shard
+    worker (`microkernels.par_dots`): its words go in status[2] while this thread holds
+    the workers' lock; when another call holds it (a sharded run), or the worker is
+    asleep (woken now, for the next call), the kernel runs on this thread alone."""
+    if not spin.lock.acquire(blocking=False):
+        fn(*args)
+        return
+    try:
+        worker = spin.workers(1)[0]
+        status[2] = worker.address if worker.awake() else 0
+        fn(*args)
+    finally:
+        status[2] = 0
+        spin.lock.release()
 
 
 class _Layout:

@@ -19,6 +19,13 @@ an LSTM training step, and LLVM's time grows with the IR it is given.
         each; the k past the last full vector in scalars. The single-row products of
         inference at B = 1: no library call's set-up and no copy of Wᵀ.
 
+    par_dots(MB, M, N, K, A, sa0, B, sb1, C, sc0, sc1)
+        dots, its columns split between this thread and an idle, spinning worker whose
+        words are at MB (`spin.Worker`; null: no worker) when N·K ≥ PAR_SPLIT_MIN: the
+        worker's half of W stays in its core's L2 from call to call. The second half
+        is posted as `job_dots`; a worker that has not claimed it after RETRACT_POLLS
+        polls (it fell asleep) is not waited for: the half is claimed back and done here.
+
     panels(M, NP, K, A, sa0, sa1, P, spj, spk, C, sc0)
         C[i, j·NR + r] = Σ_k A[i·sa0 + k·sa1] · P[j·spj + k·spk + r]  (NR = 2 vectors,
         C's rows contiguous): B packed in panels (spj = K·NR, spk = NR), or B itself
@@ -37,6 +44,9 @@ I64 = ir.IntType(64)
 PTR = ir.PointerType()
 REG = {"float32": ir.FloatType(), "float64": ir.DoubleType()}
 PANEL_KC = 256              # steps of k per pass of the tiles: a block of rows stays in L1
+PAR_SPLIT_MIN = 3 << 13     # N·K of a `dots` product split between two threads (24576: a
+#                             128 × 128 product gains less than the hand-off costs, measured)
+RETRACT_POLLS = 1 << 12     # polls for a worker to claim a posted half before taking it back
 
 
 def emit_loop(fn: ir.Function, b: ir.IRBuilder, count, body, name="i"):
@@ -67,6 +77,8 @@ SIGNATURES = {
     "rows": ["m", "n", "k", "A", "sa0", "sa1", "B", "sb0", "C", "sc0"],
     "dots": ["m", "n", "k", "A", "sa0", "B", "sb1", "C", "sc0", "sc1"],
     "panels": ["m", "np", "k", "A", "sa0", "sa1", "P", "spj", "spk", "C", "sc0"],
+    "job_dots": ["BLOCK", "U1", "U2", "U3", "U4", "U5"],     # a worker's call: 6 pointers
+    "par_dots": ["MB", "m", "n", "k", "A", "sa0", "B", "sb1", "C", "sc0", "sc1"],
 }
 DTYPES = ("float32", "float64")
 
@@ -91,8 +103,9 @@ def library_ir() -> str:
     """The LLVM IR of every kernel for both dtypes: a library compiled once per host
     and compiler version (cached on disk like a kernel) and loaded next to each
     kernel, so a kernel's compile time is spent on its own code only."""
+    from .jit import target_machine
     module = ir.Module(name="autograph_microkernels")
-    kernels = MicroKernels(module)
+    kernels = MicroKernels(module, target_machine()[3].startswith(("x86_64", "i686", "i386")))
     for kind in SIGNATURES:
         for dtype in DTYPES:
             getattr(kernels, "_" + kind)(symbol(kind, dtype), dtype)
@@ -152,6 +165,9 @@ class _Body:
         return b.shuffle_vector(b.insert_element(self.undef, x, self.c(0)), self.undef,
                                 self.splat_mask)
 
+    def slots_block(self):
+        return self.b.goto_entry_block()
+
     def slots(self, n, ty, name):
         with self.b.goto_entry_block():         # promoted to registers by mem2reg
             return [self.b.alloca(ty, name=f"{name}{r}") for r in range(n)]
@@ -176,8 +192,94 @@ class _Body:
 class MicroKernels:
     """Emits the kernels' definitions into the library module."""
 
-    def __init__(self, module: ir.Module):
-        self.module = module
+    def __init__(self, module: ir.Module, x86: bool = True):
+        self.module, self.x86 = module, x86
+
+    # ------------------------------------------------------------------ two threads
+
+    def _job_dots(self, name, dtype):
+        """A worker's call: the ten arguments of `dots` from the words at BLOCK."""
+        k_ = _Body(self.module, name, SIGNATURES["job_dots"], dtype)
+        b = k_.b
+        words = [b.load(b.gep(k_.arg["BLOCK"], [k_.c(i)], source_etype=I64), typ=I64)
+                 for i in range(10)]
+        args = [b.inttoptr(w, PTR) if a[0].isupper() else w
+                for w, a in zip(words, SIGNATURES["dots"])]
+        b.call(declare(self.module, "dots", dtype), args)
+        return k_.done()
+
+    def _par_dots(self, name, dtype):
+        from .spin import _pause, store_release
+        k_ = _Body(self.module, name, SIGNATURES["par_dots"], dtype)
+        b, a, fn = k_.b, k_.arg, k_.fn
+        dots = declare(self.module, "dots", dtype)
+        job = declare(self.module, "job_dots", dtype)
+        names = SIGNATURES["dots"]
+        whole = [a[n] for n in names]
+        mb = a["MB"]
+
+        def word(i):
+            return b.gep(mb, [k_.c(i)], source_etype=I64)
+        with k_.slots_block():
+            block = b.alloca(I64, size=10, name="block")
+        big = b.and_(b.icmp_unsigned("!=", b.ptrtoint(mb, I64), k_.c(0)),
+                     b.and_(b.icmp_signed(">=", a["n"], k_.c(16)),
+                            b.icmp_signed(">=", b.mul(a["n"], a["k"]), k_.c(PAR_SPLIT_MIN))))
+        split_bb, check_bb, whole_bb, exit_bb = (fn.append_basic_block(n) for n in (
+            "split", "check", "whole", "exit"))
+        b.cbranch(big, check_bb, whole_bb)
+        b.position_at_end(whole_bb)
+        b.call(dots, whole)
+        b.branch(exit_bb)
+        b.position_at_end(check_bb)
+        posted0 = b.load_atomic(word(0), "acquire", 8, typ=I64)
+        done0 = b.load_atomic(word(1), "acquire", 8, typ=I64)
+        asleep = b.load_atomic(word(2), "monotonic", 8, typ=I64)
+        idle = b.and_(b.icmp_unsigned("==", posted0, done0),
+                      b.icmp_unsigned("==", asleep, k_.c(0)))
+        b.cbranch(idle, split_bb, whole_bb)
+        b.position_at_end(split_bb)
+        n1 = b.and_(b.sdiv(a["n"], k_.c(2)), k_.c(-8))      # whole groups of 8 columns
+        second = dict(zip(names, whole))
+        second["n"] = b.sub(a["n"], n1)
+        second["B"] = k_.at(a["B"], b.mul(n1, a["sb1"]))
+        second["C"] = k_.at(a["C"], b.mul(n1, a["sc1"]))
+        for i, n in enumerate(names):
+            v = second[n]
+            b.store(b.ptrtoint(v, I64) if n[0].isupper() else v,
+                    b.gep(block, [k_.c(i)], source_etype=I64))
+        b.store(b.ptrtoint(job, I64), word(3))
+        b.store(b.ptrtoint(block, I64), word(4))
+        posted = b.add(posted0, k_.c(1))
+        store_release(b, posted, word(0))
+        first = dict(zip(names, whole))
+        first["n"] = n1
+        b.call(dots, [first[n] for n in names])
+        # wait for the worker's half; take it back if no worker has claimed it
+        poll_bb, pause_bb, retract_bb, mine_bb = (fn.append_basic_block(n) for n in (
+            "poll", "pause", "retract", "mine"))
+        pre = b.block
+        b.branch(poll_bb)
+        b.position_at_end(poll_bb)
+        polls = b.phi(I64, name="polls")
+        polls.add_incoming(k_.c(0), pre)
+        finished = b.load_atomic(word(1), "acquire", 8, typ=I64)
+        b.cbranch(b.icmp_unsigned("==", finished, posted), exit_bb, pause_bb)
+        b.position_at_end(pause_bb)
+        _pause(self.module, b, self.x86)
+        nxt = b.add(polls, k_.c(1))
+        polls.add_incoming(nxt, pause_bb)
+        b.cbranch(b.icmp_signed("==", nxt, k_.c(RETRACT_POLLS)), retract_bb, poll_bb)
+        b.position_at_end(retract_bb)
+        claim = b.cmpxchg(word(10), posted0, posted, "acq_rel", "monotonic")
+        polls.add_incoming(nxt, retract_bb)
+        b.cbranch(b.extract_value(claim, 1), mine_bb, poll_bb)
+        b.position_at_end(mine_bb)
+        b.call(dots, [second[n] for n in names])
+        store_release(b, posted, word(1))
+        b.branch(exit_bb)
+        b.position_at_end(exit_bb)
+        return k_.done()
 
     # ------------------------------------------------------------------ rows
 

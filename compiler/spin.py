@@ -57,10 +57,18 @@ def _spin_until(mod, x86):
     b.ret(I64(0))
 
 
+def store_release(b, value, ptr):
+    """An atomic release store (IRBuilder.store_atomic still asks its pointer for a
+    pointee type, which opaque pointers lack: the instruction is built here)."""
+    b._insert(ir.instructions.StoreAtomicInstr(b.block, value, ptr, "release", 8))
+
+
 def _worker_loop(mod, x86):
     """void ag_worker_loop(ptr words, i64 polls): run posted kernel calls until no
     job has come for `polls` polls. words: [0] jobs posted, [1] jobs done, [3] the
-    kernel's address, [4..9] its six arguments."""
+    kernel's address, [4..9] its six arguments, [10] jobs claimed. A job is run only
+    by whoever moves [10] from [1] to [0] first: the worker, or a kernel that posted
+    half a product and took it back when no worker came (`microkernels.par_dots`)."""
     fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [PTR, I64]), "ag_worker_loop")
     words, limit = fn.args
     entry, loop, wait, run, done = (fn.append_basic_block(n)
@@ -82,13 +90,15 @@ def _worker_loop(mod, x86):
     i.add_incoming(nxt, wait)
     b.cbranch(b.icmp_unsigned("<", nxt, limit), loop, done)
     b.position_at_end(run)
+    claim = b.cmpxchg(word(10), finished, posted, "acq_rel", "monotonic")
+    call = fn.append_basic_block("call")
+    b.cbranch(b.extract_value(claim, 1), call, wait)    # taken back by its poster: wait
+    b.position_at_end(call)
     kernel_t = ir.FunctionType(ir.VoidType(), [PTR] * 6)
     target = b.inttoptr(b.load(word(3), typ=I64), kernel_t.as_pointer())
     b.call(target, [b.inttoptr(b.load(word(4 + k), typ=I64), PTR) for k in range(6)])
-    # IRBuilder.store_atomic still asks its pointer for a pointee type, which opaque
-    # pointers lack: build the instruction itself.
-    b._insert(ir.instructions.StoreAtomicInstr(b.block, posted, word(1), "release", 8))
-    i.add_incoming(I64(0), run)
+    store_release(b, posted, word(1))
+    i.add_incoming(I64(0), call)
     b.branch(loop)
     b.position_at_end(done)
     b.ret_void()
@@ -135,8 +145,9 @@ class Worker:
 
     def __init__(self):
         _compiled()      # built here, so that a failure is the caller's exception
-        # [0] calls posted, [1] calls done, [2] asleep, [3] kernel address, [4..9] args
-        self._words = (ctypes.c_int64 * 10)()
+        # [0] calls posted, [1] calls done, [2] asleep, [3] kernel address, [4..9] args,
+        # [10] calls claimed (see `_worker_loop`)
+        self._words = (ctypes.c_int64 * 11)()
         self._addr = ctypes.addressof(self._words)
         self._wake = threading.Event()
         self._posted = 0
@@ -170,6 +181,23 @@ class Worker:
         done = False
         while not done:      # each poll round releases the GIL; between rounds, signals
             done = spin_until(self._addr + 8, self._posted, SPIN_POLLS)
+
+    @property
+    def words(self):
+        """[0] posted, [1] done, [2] asleep, [3] kernel, [4..9] arguments, [10] claimed."""
+        return self._words
+
+    @property
+    def address(self) -> int:
+        """Where its words are: a kernel posts half of a product there (`par_dots`)."""
+        return self._addr
+
+    def awake(self) -> bool:
+        """Spinning (a post starts at once), else woken now for the next post."""
+        if self._words[2]:
+            self._wake.set()
+            return False
+        return True
 
     def stop(self) -> None:
         self._stop = True

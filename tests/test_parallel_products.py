@@ -1,0 +1,181 @@
+"""Single-row products split between two threads (`microkernels.par_dots`): against
+NumPy with a live worker, with a worker that never comes (the half is taken back),
+and from several threads at once next to sharded calls."""
+import ctypes
+import threading
+
+import llvmlite.binding as llvm
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import autograph as ag
+from compiler import jit, microkernels, spin
+
+SETTINGS = settings(max_examples=30, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOGRAPH_CACHE_DIR", str(tmp_path / "kernels"))
+
+
+@pytest.fixture(scope="module")
+def par_dots():
+    engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), jit._new_target_machine())
+    engine.add_object_file(llvm.ObjectFileRef.from_data(jit.library_object()))
+    engine.finalize_object()
+    args = microkernels.SIGNATURES["par_dots"]
+    ty = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p if a[0].isupper() else ctypes.c_int64
+                                  for a in args])
+    fns = {d: ty(engine.get_function_address(microkernels.symbol("par_dots", d)))
+           for d in microkernels.DTYPES}
+    yield fns
+    del engine
+
+
+def _ptr(a):
+    return a.__array_interface__["data"][0]
+
+
+def _call(fn, words, A, W, C):
+    M, K = A.shape
+    N = W.shape[0]
+    s = [x // A.itemsize for x in C.strides]
+    fn(words, M, N, K, _ptr(A), A.strides[0] // A.itemsize, _ptr(W),
+       W.strides[0] // W.itemsize, _ptr(C), *s)
+
+
+def _tol(dtype):
+    return dict(rtol=1e-12, atol=1e-12) if dtype == "float64" else dict(rtol=2e-5, atol=2e-5)
+
+
+@given(M=st.integers(1, 3), N=st.sampled_from([16, 40, 129, 512]),
+       K=st.sampled_from([48, 64, 200]), dtype=st.sampled_from(["float32", "float64"]),
+       seed=st.integers(0, 2 ** 16))
+@SETTINGS
+def test_split_products_match_numpy(par_dots, M, N, K, dtype, seed):
+    """With the worker awake the columns are shared (its count of calls moves when
+    N·K is large enough); either way C = A·Wᵀ and nothing past C is written."""
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((M, K)).astype(dtype)
+    W = rng.standard_normal((N, K)).astype(dtype)
+    big = np.full((M, N + 2), 7.0, dtype)
+    C = big[:, :N]
+    with spin.lock:
+        worker = spin.workers(1)[0]
+        for _ in range(200):            # woken, and spinning before the call
+            if worker.awake():
+                break
+            threading.Event().wait(0.001)
+        before = worker.words[1]
+        _call(par_dots[dtype], worker.address, A, W, C)
+        shared = worker.words[1] > before
+    np.testing.assert_allclose(C, A @ W.T, **_tol(dtype))
+    assert (big[:, N:] == 7).all()
+    assert shared == (N * K >= microkernels.PAR_SPLIT_MIN)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_half_no_worker_claims_is_taken_back(par_dots, dtype):
+    """Words that look like an idle, awake worker, but no thread reads them: the
+    kernel posts its half, waits RETRACT_POLLS polls, claims it back and does it."""
+    words = (ctypes.c_int64 * 11)()
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((1, 128)).astype(dtype)
+    W = rng.standard_normal((512, 128)).astype(dtype)
+    C = np.zeros((1, 512), dtype)
+    for call in range(1, 4):
+        _call(par_dots[dtype], ctypes.addressof(words), A, W, C)
+        np.testing.assert_allclose(C, A @ W.T, **_tol(dtype))
+        assert (words[0], words[1], words[10]) == (call, call, call)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_busy_or_sleeping_worker_is_not_posted_to(par_dots, dtype):
+    words = (ctypes.c_int64 * 11)()
+    A = np.ones((1, 128), dtype)
+    W = np.ones((512, 128), dtype)
+    C = np.zeros((1, 512), dtype)
+    words[0] = 5                        # a call posted and not done: busy
+    _call(par_dots[dtype], ctypes.addressof(words), A, W, C)
+    assert (C == 128).all() and words[0] == 5 and words[1] == 0
+    words[0], words[2] = 0, 1           # asleep
+    _call(par_dots[dtype], ctypes.addressof(words), A, W, C)
+    assert words[0] == 0
+
+
+def _lstm_step(dtype, H=128, D=64):
+    import rnn
+    c = rnn.CELLS["lstm"](D, H, dtype=dtype).init(0)
+    x = ag.placeholder("x", (1, D), dtype)
+    state = [ag.placeholder(f"s{i}", (1, H), dtype) for i in range(2)]
+    new_state, out = c.step(tuple(state), x)
+    inputs = [x, *state, *c.nodes().values()]
+    rng = np.random.default_rng(1)
+    args = [rng.standard_normal((1, D)).astype(dtype),
+            *[rng.standard_normal((1, H)).astype(dtype) for _ in range(2)],
+            *c.state_dict().values()]
+    return inputs, [out, *new_state], args
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-12), ("float32", 2e-5)])
+def test_inference_step_shares_its_products_and_agrees(dtype, rtol):
+    """An LSTM step at B = 1 (H = 128): the bound call hands half of each product to
+    the worker, and gives the interpreter's numbers."""
+    inputs, outputs, args = _lstm_step(dtype)
+    f = ag.function(inputs, outputs, backend="llvm")
+    kernel = f.runner.kernel
+    assert kernel.parallel
+    ref = ag.function(inputs, outputs)(*args)
+    step = f.bind(*args)
+    with spin.lock:
+        worker = spin.workers(1)[0]
+    before = worker.words[1]
+    for _ in range(300):
+        got = step()
+    assert worker.words[1] > before
+    for r, g in zip(ref, got):
+        np.testing.assert_allclose(g, r, rtol=rtol, atol=rtol)
+    for r, g in zip(ref, f(*args)):            # the plain call too
+        np.testing.assert_allclose(g, r, rtol=rtol, atol=rtol)
+
+
+def test_threads_and_sharded_calls_at_once():
+    """Two threads run B = 1 steps while a third runs sharded training steps (which
+    hold the worker): every result right, no thread stuck."""
+    from rnn.workload import training_step
+    inputs, outputs, args = _lstm_step("float64")
+    f = ag.function(inputs, outputs, backend="llvm")
+    ref = ag.function(inputs, outputs)(*args)
+    model, data, outs = training_step("gru", 8, 16)
+    params = list(model.nodes().values())
+    train = ag.function(data + params, outs, backend="llvm")
+    rng = np.random.default_rng(2)
+    targs = [rng.normal(size=(5, 8, 8)), rng.normal(size=(5, 8, 8)),
+             *model.state_dict().values()]
+    tref = ag.function(data + params, outs)(*targs)
+    errors = []
+
+    def infer():
+        step = f.bind(*args)
+        for _ in range(400):
+            for r, g in zip(ref, step()):
+                if not np.allclose(g, r, rtol=1e-12, atol=1e-12):
+                    errors.append("inference")
+
+    def sharded():
+        for _ in range(30):
+            for r, g in zip(tref, train(*targs)):
+                if not np.allclose(g, r, rtol=1e-10, atol=1e-12):
+                    errors.append("training")
+
+    threads = [threading.Thread(target=t) for t in (infer, infer, sharded)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads)
+    assert not errors
