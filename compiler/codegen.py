@@ -192,8 +192,15 @@ class Emitter:
     # ----------------------------------------------------------------- statements
 
     def emit(self, body):
-        for s in body:
+        k = 0
+        while k < len(body):
+            s = body[k]
+            if k + 1 < len(body) and self._dots_pair(s, body[k + 1]):
+                self._matmul_dots_pair(s, body[k + 1])
+                k += 2
+                continue
             getattr(self, "emit_" + type(s).__name__)(s)
+            k += 1
 
     def collapsed(self, shape, refs, trees):
         """Merge adjacent axes that every ref walks as one (row-major contiguous in both,
@@ -405,14 +412,43 @@ class Emitter:
         else:
             mailbox, kernel = [], self.micro("dots", out.dtype)
 
-        def call(bidx):
-            self.b.call(kernel, mailbox + [
-                self.ex(out.shape[-2]), self.ex(out.shape[-1]), self.ex(A.shape[-1]),
+        self.nest(out.shape[:out.ndim - 2],
+                  lambda bidx: self.b.call(kernel, mailbox + self._dots_args(s, bidx)))
+
+    def _dots_args(self, s: MatMul, bidx=()):
+        out, A, B = s.out, s.a, s.b
+        zero = self.i64(0)
+        return [self.ex(out.shape[-2]), self.ex(out.shape[-1]), self.ex(A.shape[-1]),
                 self.ptr(A, bidx + (zero, zero)), self.ex(A.strides[-2]),
                 self.ptr(B, bidx + (zero, zero)), self.ex(B.strides[-1]),
                 self.ptr(out, bidx + (zero, zero)), self.ex(out.strides[-2]),
-                self.ex(out.strides[-1])])
-        self.nest(out.shape[:out.ndim - 2], call)
+                self.ex(out.strides[-1])]
+
+    def _dots_pair(self, s1, s2) -> bool:
+        """Two products in a row that `par_dots2` may run with one hand-off: each one a
+        single `dots` call that may split, neither reading what the other writes."""
+        def single(s):
+            return (isinstance(s, MatMul) and s.out.ndim == 2 and s.packed is None
+                    and s.out.dtype in FLOATS and dots_apply(s) and may_split(s))
+        return (single(s1) and single(s2) and s1.out.dtype == s2.out.dtype
+                and all(r.buf.id != s1.out.buf.id for r in s2.refs())
+                and all(r.buf.id != s2.out.buf.id for r in s1.refs()))
+
+    def _matmul_dots_pair(self, s1: MatMul, s2: MatMul):
+        """Both products through `par_dots2` when both have at most DOTS_MAX_ROWS rows
+        (where each alone would take `dots`), else each its own way."""
+        b = self.b
+        few = b.and_(b.icmp_signed("<=", self.ex(s1.out.shape[0]), self.i64(DOTS_MAX_ROWS)),
+                     b.icmp_signed("<=", self.ex(s2.out.shape[0]), self.i64(DOTS_MAX_ROWS)))
+        with b.if_else(few) as (then, otherwise):
+            with then:
+                mailbox = b.inttoptr(b.load(b.gep(self.status, [self.i64(2)],
+                                                  source_etype=I64), typ=I64), PTR)
+                b.call(self.micro("par_dots2", s1.out.dtype),
+                       [mailbox] + self._dots_args(s1) + self._dots_args(s2))
+            with otherwise:
+                self.emit_MatMul(s1)
+                self.emit_MatMul(s2)
 
     def _matmul_blas(self, s: MatMul, layout, M, N, K):
         out, A, B = s.out, s.a, s.b

@@ -25,6 +25,9 @@ an LSTM training step, and LLVM's time grows with the IR it is given.
         worker's half of W stays in its core's L2 from call to call. The second half
         is posted as `job_dots`; a worker that has not claimed it after RETRACT_POLLS
         polls (it fell asleep) is not waited for: the half is claimed back and done here.
+    par_dots2(MB, <the ten arguments of dots> × 2)
+        Two independent products (x·U and h·W of one step) split the same way with one
+        hand-off: the worker gets both second halves in one job.
 
     panels(M, NP, K, A, sa0, sa1, P, spj, spk, C, sc0)
         C[i, j·NR + r] = Σ_k A[i·sa0 + k·sa1] · P[j·spj + k·spk + r]  (NR = 2 vectors,
@@ -79,6 +82,8 @@ SIGNATURES = {
     "panels": ["m", "np", "k", "A", "sa0", "sa1", "P", "spj", "spk", "C", "sc0"],
     "job_dots": ["BLOCK", "U1", "U2", "U3", "U4", "U5"],     # a worker's call: 6 pointers
     "par_dots": ["MB", "m", "n", "k", "A", "sa0", "B", "sb1", "C", "sc0", "sc1"],
+    "par_dots2": ["MB", "m", "n", "k", "A", "sa0", "B", "sb1", "C", "sc0", "sc1",
+                  "m_2", "n_2", "k_2", "A_2", "sa0_2", "B_2", "sb1_2", "C_2", "sc0_2", "sc1_2"],
 }
 DTYPES = ("float32", "float64")
 
@@ -198,38 +203,59 @@ class MicroKernels:
     # ------------------------------------------------------------------ two threads
 
     def _job_dots(self, name, dtype):
-        """A worker's call: the ten arguments of `dots` from the words at BLOCK."""
+        """A worker's call: BLOCK holds a count (1 or 2), then the ten arguments of
+        `dots` for each product."""
         k_ = _Body(self.module, name, SIGNATURES["job_dots"], dtype)
         b = k_.b
-        words = [b.load(b.gep(k_.arg["BLOCK"], [k_.c(i)], source_etype=I64), typ=I64)
-                 for i in range(10)]
-        args = [b.inttoptr(w, PTR) if a[0].isupper() else w
-                for w, a in zip(words, SIGNATURES["dots"])]
-        b.call(declare(self.module, "dots", dtype), args)
+        dots = declare(self.module, "dots", dtype)
+
+        def word(i):
+            return b.load(b.gep(k_.arg["BLOCK"], [k_.c(i)], source_etype=I64), typ=I64)
+        count = word(0)
+        for j in range(2):
+            with b.if_then(b.icmp_signed(">", count, k_.c(j))):
+                b.call(dots, [b.inttoptr(word(1 + 10 * j + i), PTR) if n[0].isupper()
+                              else word(1 + 10 * j + i)
+                              for i, n in enumerate(SIGNATURES["dots"])])
         return k_.done()
 
     def _par_dots(self, name, dtype):
+        self._par(name, dtype, "par_dots", 1)
+
+    def _par_dots2(self, name, dtype):
+        self._par(name, dtype, "par_dots2", 2)
+
+    def _par(self, name, dtype, kind, count):
+        """`count` dots products, each product's columns split at a multiple of 8 (one
+        under 16 columns stays whole here), the second parts posted as one job."""
         from .spin import _pause, store_release
-        k_ = _Body(self.module, name, SIGNATURES["par_dots"], dtype)
+        k_ = _Body(self.module, name, SIGNATURES[kind], dtype)
         b, a, fn = k_.b, k_.arg, k_.fn
         dots = declare(self.module, "dots", dtype)
         job = declare(self.module, "job_dots", dtype)
         names = SIGNATURES["dots"]
-        whole = [a[n] for n in names]
+        products = [{n: a[n + ("" if j == 0 else f"_{j + 1}")] for n in names}
+                    for j in range(count)]
         mb = a["MB"]
 
         def word(i):
             return b.gep(mb, [k_.c(i)], source_etype=I64)
+
+        def run(parts):
+            for p in parts:
+                b.call(dots, [p[n] for n in names])
         with k_.slots_block():
-            block = b.alloca(I64, size=10, name="block")
+            block = b.alloca(I64, size=1 + 10 * count, name="block")
+        work = k_.c(0)
+        for p in products:
+            work = b.add(work, b.mul(p["n"], p["k"]))
         big = b.and_(b.icmp_unsigned("!=", b.ptrtoint(mb, I64), k_.c(0)),
-                     b.and_(b.icmp_signed(">=", a["n"], k_.c(16)),
-                            b.icmp_signed(">=", b.mul(a["n"], a["k"]), k_.c(PAR_SPLIT_MIN))))
+                     b.icmp_signed(">=", work, k_.c(PAR_SPLIT_MIN)))
         split_bb, check_bb, whole_bb, exit_bb = (fn.append_basic_block(n) for n in (
             "split", "check", "whole", "exit"))
         b.cbranch(big, check_bb, whole_bb)
         b.position_at_end(whole_bb)
-        b.call(dots, whole)
+        run(products)
         b.branch(exit_bb)
         b.position_at_end(check_bb)
         posted0 = b.load_atomic(word(0), "acquire", 8, typ=I64)
@@ -239,23 +265,24 @@ class MicroKernels:
                       b.icmp_unsigned("==", asleep, k_.c(0)))
         b.cbranch(idle, split_bb, whole_bb)
         b.position_at_end(split_bb)
-        n1 = b.and_(b.sdiv(a["n"], k_.c(2)), k_.c(-8))      # whole groups of 8 columns
-        second = dict(zip(names, whole))
-        second["n"] = b.sub(a["n"], n1)
-        second["B"] = k_.at(a["B"], b.mul(n1, a["sb1"]))
-        second["C"] = k_.at(a["C"], b.mul(n1, a["sc1"]))
-        for i, n in enumerate(names):
-            v = second[n]
-            b.store(b.ptrtoint(v, I64) if n[0].isupper() else v,
-                    b.gep(block, [k_.c(i)], source_etype=I64))
+        firsts, seconds = [], []
+        for p in products:
+            half = b.and_(b.sdiv(p["n"], k_.c(2)), k_.c(-8))     # whole groups of 8
+            n1 = b.select(b.icmp_signed(">=", p["n"], k_.c(16)), half, p["n"])
+            firsts.append(dict(p, n=n1))
+            seconds.append(dict(p, n=b.sub(p["n"], n1), B=k_.at(p["B"], b.mul(n1, p["sb1"])),
+                                C=k_.at(p["C"], b.mul(n1, p["sc1"]))))
+        b.store(k_.c(count), b.gep(block, [k_.c(0)], source_etype=I64))
+        for j, p in enumerate(seconds):
+            for i, n in enumerate(names):
+                b.store(b.ptrtoint(p[n], I64) if n[0].isupper() else p[n],
+                        b.gep(block, [k_.c(1 + 10 * j + i)], source_etype=I64))
         b.store(b.ptrtoint(job, I64), word(3))
         b.store(b.ptrtoint(block, I64), word(4))
         posted = b.add(posted0, k_.c(1))
         store_release(b, posted, word(0))
-        first = dict(zip(names, whole))
-        first["n"] = n1
-        b.call(dots, [first[n] for n in names])
-        # wait for the worker's half; take it back if no worker has claimed it
+        run(firsts)
+        # wait for the worker's part; take it back if no worker has claimed it
         poll_bb, pause_bb, retract_bb, mine_bb = (fn.append_basic_block(n) for n in (
             "poll", "pause", "retract", "mine"))
         pre = b.block
@@ -275,7 +302,7 @@ class MicroKernels:
         polls.add_incoming(nxt, retract_bb)
         b.cbranch(b.extract_value(claim, 1), mine_bb, poll_bb)
         b.position_at_end(mine_bb)
-        b.call(dots, [second[n] for n in names])
+        run(seconds)
         store_release(b, posted, word(1))
         b.branch(exit_bb)
         b.position_at_end(exit_bb)

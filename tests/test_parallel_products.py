@@ -179,3 +179,24 @@ def test_threads_and_sharded_calls_at_once():
         t.join(timeout=120)
     assert not any(t.is_alive() for t in threads)
     assert not errors
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-12), ("float32", 2e-5)])
+def test_both_products_of_a_step_go_in_one_hand_off(dtype, rtol):
+    """x·U and h·W of an LSTM step are one `par_dots2` call (one job for the worker);
+    posted to words no worker reads, the kernel takes the job back and is right."""
+    import re
+    inputs, outputs, args = _lstm_step(dtype)
+    f = ag.function(inputs, outputs, backend="llvm")
+    kernel = f.runner.kernel
+    calls = re.findall(r'call void @"?(ag_\w+)', kernel.ir_text)
+    assert calls.count(f"ag_par_dots2_{dtype}") == 1
+    ref = ag.function(inputs, outputs)(*args)
+    call, outs = kernel.bind(args, {})
+    words = (ctypes.c_int64 * 11)()
+    call.status[2] = ctypes.addressof(words)
+    kernel._fn(*call.args)
+    call.status[2] = 0
+    assert (words[0], words[1], words[10]) == (1, 1, 1)
+    for r, g in zip(ref, outs):
+        np.testing.assert_allclose(g, r, rtol=rtol, atol=rtol)
