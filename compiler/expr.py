@@ -27,15 +27,23 @@ class Expr:
 
     @staticmethod
     def of(x) -> "Expr":
-        """An Expr from an int, a symbol name or an Expr."""
+        """An Expr from an int, a symbol name or an Expr (ints and names are interned:
+        lowering builds tens of thousands of these)."""
         if isinstance(x, Expr):
             return x
-        if isinstance(x, str):
-            return Expr({(x,): 1})
-        return Expr({(): int(x)})
+        e = _INTERNED.get(x)
+        if e is None:
+            e = Expr({(x,): 1}) if isinstance(x, str) else Expr({(): int(x)})
+            if len(_INTERNED) < 4096:
+                _INTERNED[x] = e
+        return e
 
     def __add__(self, other):
         other = Expr.of(other)
+        if not other.terms:
+            return self
+        if not self.terms:
+            return other
         t = dict(self.terms)
         for k, v in other.terms.items():
             t[k] = t.get(k, 0) + v
@@ -54,6 +62,10 @@ class Expr:
 
     def __mul__(self, other):
         other = Expr.of(other)
+        if other.terms == _ONE_TERMS:
+            return self
+        if self.terms == _ONE_TERMS:
+            return other
         t: dict = {}
         for k1, v1 in self.terms.items():
             for k2, v2 in other.terms.items():
@@ -105,6 +117,10 @@ class Expr:
         return " + ".join(parts).replace("+ -", "- ")
 
     __repr__ = __str__
+
+
+_INTERNED: dict = {}
+_ONE_TERMS = {(): 1}
 
 
 def product(xs) -> Expr:

@@ -85,17 +85,23 @@ def within_slice(ref: Ref, var: str, stride: Expr) -> bool:
     return _nonneg(o0) and _nonneg(stride - 1 - last)
 
 
-def candidates(xs: Ref, value, source, inner, step_shape, var) -> list:
+def candidates(xs: Ref, value, source, defs, step_shape, var) -> list:
     """Where in sequence `xs` ([T, …], read as xs[t] at loop index `var`) the stacked
     output of step value `value` may be stored: [(home view, depth, exclusive)], the
-    views through which its `source` tree loads xs (`depth` temporaries of the step
-    deep, see `expand`), or else xs's whole slice when the layouts agree."""
+    views through which its `source` tree loads xs (the fewest temporaries of the step
+    deep, see `expand`; `defs` from `definitions`), or else xs's whole slice when the
+    layouts agree."""
     t = Expr.of(var)
     s = xs.strides[0]
     step_shape = tuple(step_shape)
     found, seen = [], set()
+    tree = source if reaches(source, defs, xs.buf.id, MAX_DEPTH) else None
     for depth in range(MAX_DEPTH + 1):
-        for r in tree_refs(expand(source, inner, depth)) if source is not None else ():
+        if tree is None or found:
+            break
+        if depth:
+            tree = expand(tree, defs, 1)
+        for r in tree_refs(tree):
             if r.buf is not xs.buf or tuple(r.shape) != step_shape or r.view in seen:
                 continue
             seen.add(r.view)
@@ -162,25 +168,46 @@ def assign(options: dict, var) -> dict:
     return chosen
 
 
-def expand(tree, inner, depth):
-    """`tree` with its loads of this step's temporaries (buffers one map of `inner`
-    stores whole) replaced by the maps' trees, `depth` levels deep: how the value
-    reads the sequence, seen through the pre-activation it was sliced from."""
+def definitions(inner) -> dict:
+    """Buffer id → the one `Map` of a loop body that stores the whole buffer (the
+    step's temporaries that `expand` looks through)."""
+    writers: dict = {}
+    for st in inner:
+        for r in _outs(st):
+            writers.setdefault(r.buf.id, []).append(st)
+    return {b: w[0] for b, w in writers.items()
+            if len(w) == 1 and isinstance(w[0], Map) and w[0].out.is_contiguous()}
+
+
+def reaches(tree, defs, buf_id, depth) -> bool:
+    """`tree` loads buffer `buf_id`, directly or through at most `depth` temporaries."""
+    if tree is None:
+        return False
+    for r in tree_refs(tree):
+        if r.buf.id == buf_id:
+            return True
+        m = defs.get(r.buf.id)
+        if depth and m is not None and reaches(m.tree, defs, buf_id, depth - 1):
+            return True
+    return False
+
+
+def expand(tree, defs, depth):
+    """`tree` with its loads of this step's temporaries (`definitions`) replaced by
+    their maps' trees, `depth` levels deep: how the value reads the sequence, seen
+    through the pre-activation it was sliced from."""
     if depth == 0 or tree is None:
         return tree
     if isinstance(tree, Load):
-        writers = [s for s in inner if getattr(s, "out", None) is not None
-                   and s.out.buf is tree.ref.buf]
-        if len(writers) != 1 or not isinstance(writers[0], Map) \
-                or not writers[0].out.is_contiguous():
+        m = defs.get(tree.ref.buf.id)
+        if m is None:
             return tree
-        m = writers[0]
         sv = _subview(tree.ref, m.out.shape)
         if sv is None:
             return tree
-        return expand(_compose(m.tree, sv[0], sv[1], tree.ref, [1 << 30]), inner, depth - 1)
+        return expand(_compose(m.tree, sv[0], sv[1], tree.ref, [1 << 30]), defs, depth - 1)
     if isinstance(tree, Apply):
-        return Apply(tree.op, tuple(expand(a, inner, depth) for a in tree.args),
+        return Apply(tree.op, tuple(expand(a, defs, depth) for a in tree.args),
                      tree.dtype, tree.params)
     return tree
 

@@ -702,24 +702,14 @@ def _history_and_stack(lw, typ, reverse) -> tuple:
     return (second, first) if reverse else (first, second)
 
 
-def _source(v, inner):
+def _source(v, defs):
     """The elementwise tree that computed a step value: its own, or that of the one map
-    of this step that stored it."""
+    of this step that stored it (`inplace.definitions`)."""
     if isinstance(v, Lazy):
         return v.tree
-    if not isinstance(v, Ref):
-        return None
-    writers = [s for s in inner if any(r.buf is v.buf for r in _written_refs(s))]
-    if len(writers) == 1 and isinstance(writers[0], Map) and writers[0].out.view == v.view:
-        return writers[0].tree
+    if isinstance(v, Ref) and v.buf.id in defs and defs[v.buf.id].out.view == v.view:
+        return defs[v.buf.id].tree
     return None
-
-
-def _written_refs(s):
-    if isinstance(s, Loop):
-        return [r for x in walk(s.body) for r in _written_refs(x)]
-    out = getattr(s, "out", None)
-    return [out] if out is not None else []
 
 
 def _homes(lw, node, xs, consts, carry_bufs, values, used, inner, loop) -> tuple:
@@ -732,13 +722,14 @@ def _homes(lw, node, xs, consts, carry_bufs, values, used, inner, loop) -> tuple
             and x.buf.id not in blocked]
     options: dict = {}          # sequence buffer id → {output: [(home, depth, exclusive)]}
     index = {}
+    defs = inplace.definitions(inner) if seqs else {}
     for i, v in enumerate(values):
         if node.params["n_carry"] + i not in used or isinstance(v, Lit) \
                 or any(r.buf.id in carry_bufs for r in inplace._reads(v)):
             continue
-        source = _source(v, inner)
+        source = _source(v, defs)
         for j, x in seqs:
-            found = inplace.candidates(x, v, source, inner, S(v.shape), loop.var)
+            found = inplace.candidates(x, v, source, defs, S(v.shape), loop.var)
             if found:
                 options.setdefault(x.buf.id, {})[i] = found
                 index[x.buf.id] = j
