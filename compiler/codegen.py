@@ -688,13 +688,14 @@ def minimum(em, x, y, dtype):
 
 
 def _sigmoid(em, x, ty):
-    """1/(1+e^-x) for x ≥ 0, e^x/(1+e^x) below: exp of a non-positive number only."""
+    """1/(1+e^-x) for x ≥ 0, e^x/(1+e^x) below: exp of a non-positive number only
+    (one division: the numerator is chosen first)."""
     b = em.b
     ax = b.call(em.intrinsic("llvm.fabs", ty), [x])
     e = b.call(em.vecmath("exp", ty), [b.fneg(ax)])
     one = ir.Constant(ty, 1.0)
     d = b.fadd(one, e)
-    return b.select(b.fcmp_ordered(">=", x, ir.Constant(ty, 0.0)), b.fdiv(one, d), b.fdiv(e, d))
+    return b.fdiv(b.select(b.fcmp_ordered(">=", x, ir.Constant(ty, 0.0)), one, e), d)
 
 
 def _floor_div(b, x, y):

@@ -358,7 +358,7 @@ class Kernel:
     def run(self, arrays, dims, scratch=None):
         """Run on arrays already checked against the graph (`autograph.function`)."""
         args, outs, status = self.prepare(arrays, dims, scratch)
-        if self.parallel and scratch is None:
+        if self.parallel and scratch is None and _threads() > 1:
             with_worker(self._fn, args, status)
         else:
             self._fn(*args)
@@ -417,7 +417,7 @@ class Kernel:
                 _data_ptr(arena), layout.offsets_ptr, ctypes.addressof(status))
         keep = (list(arrays), arena, ins, ous, layout, self)   # all stay alive
         fn = self._fn
-        if self.parallel:
+        if self.parallel and _threads() > 1:
             with spin.lock:
                 worker = spin.workers(1)[0]
             lock, words, address = spin.lock, worker.words, worker.address
@@ -445,6 +445,11 @@ class Kernel:
         call.keep = keep
         call.args, call.status = args, status     # the raw call (sharded bound calls)
         return call, outs
+
+
+def _threads() -> int:
+    from .shard import thread_count     # $AUTOGRAPH_THREADS=1: one thread, no worker
+    return thread_count()
 
 
 def with_worker(fn, args, status) -> None:

@@ -200,3 +200,19 @@ def test_both_products_of_a_step_go_in_one_hand_off(dtype, rtol):
     assert (words[0], words[1], words[10]) == (1, 1, 1)
     for r, g in zip(ref, outs):
         np.testing.assert_allclose(g, r, rtol=rtol, atol=rtol)
+
+
+def test_one_thread_when_asked(monkeypatch):
+    """AUTOGRAPH_THREADS=1 keeps a B = 1 step on the calling thread, as it keeps a
+    training step unsharded."""
+    monkeypatch.setenv("AUTOGRAPH_THREADS", "1")
+    inputs, outputs, args = _lstm_step("float64")
+    f = ag.function(inputs, outputs, backend="llvm")
+    with spin.lock:
+        worker = spin.workers(1)[0]
+    before = worker.words[0]
+    step = f.bind(*args)
+    for _ in range(50):
+        step()
+        f(*args)
+    assert worker.words[0] == before
