@@ -222,19 +222,22 @@ def _reads(value) -> list:
 # ----------------------------------------------------------------------------- approval
 
 def _positions(body):
-    """Program-order positions: buffer id → [(position, ref, written)], and each loop's
-    [start, end) range of positions."""
+    """Program-order positions: buffer id → [(position, ref, written)], and the
+    [start, end) range of positions of each loop at the top level. (A loop inside
+    another runs again at the next outer step: what it read once may be read again
+    then, which program order does not show. Its outputs keep their own buffers.)"""
     access: dict = {}
     ranges: dict = {}
     pos = 0
 
-    def visit(stmts):
+    def visit(stmts, top):
         nonlocal pos
         for s in stmts:
             if isinstance(s, Loop):
                 start = pos
-                visit(s.body)
-                ranges[id(s)] = (start, pos)
+                visit(s.body, False)
+                if top:
+                    ranges[id(s)] = (start, pos)
                 continue
             refs = s.refs()
             written = {id(r) for r in _outs(s)}
@@ -242,7 +245,7 @@ def _positions(body):
                 access.setdefault(r.buf.id, []).append((pos, r, id(r) in written))
             pos += 1
 
-    visit(body)
+    visit(body, True)
     return access, ranges
 
 

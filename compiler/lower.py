@@ -686,7 +686,9 @@ def _scan(lw, node, vals, body):
             lw.store(c, v, inner)
     # outputs stored in place of the sequence they were computed from: last in the step
     for i, h in sorted(homes.items()):
-        lw.store(index0(h, t), outs[nc + i], inner)
+        v, dst = outs[nc + i], index0(h, t)
+        if not (isinstance(v, Ref) and v.view == dst.view):     # already there
+            lw.store(dst, v, inner)
     body.append(loop)
     return tuple(carries + ys + hist)
 

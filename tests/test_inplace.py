@@ -195,3 +195,30 @@ def test_random_gated_recurrences_agree(T, B, H, acts, stacked, reverse, seed):
     inputs, outputs = build()
     ref = ag.function(inputs, outputs)(*args)
     _close(ref, ag.function(inputs, outputs, backend="llvm")(*args), 1e-12)
+
+
+def test_no_alias_into_a_sequence_an_outer_loop_reads_again(monkeypatch):
+    """An inner loop that reads x = x_in·A (made once, outside the outer loop) at every
+    outer step: the inner loop's stacked output must not take x's slices, or the
+    next outer step would read them overwritten."""
+    x_in = ag.placeholder("x", ("T", "B", 4), "float64")
+    A = ag.placeholder("A", (4, 4), "float64")
+    c0 = ag.placeholder("c0", ("B", 4), "float64")
+    xs = x_in @ A
+
+    def outer(c, _):
+        def inner(s, x_t):
+            y = ag.sigmoid(x_t + s)
+            return 0.5 * s + y, y
+        s_T, ys = ag.scan(inner, c, xs)
+        return 0.5 * c + 0.1 * ag.sum(ys, axis=0), ag.sum(s_T)
+
+    c_T, totals = ag.scan(outer, c0, length=3)
+    loss = ag.sum(c_T) + ag.sum(totals)
+    inputs = [x_in, A, c0]
+    rng = np.random.default_rng(4)
+    args = [rng.normal(size=(5, 2, 4)), rng.normal(size=(4, 4)), rng.normal(size=(2, 4))]
+    # forward only (the backward pass would read x again after the loops anyway)
+    for outputs in ([loss, totals], [loss] + ag.grad(loss, inputs)):
+        ref = ag.function(inputs, outputs)(*args)
+        _close(ref, ag.function(inputs, outputs, backend="llvm")(*args), 1e-12)
