@@ -116,7 +116,8 @@ def cache_key(program_digest: str) -> str:
                  str(blas.BLAS_MIN_WORK), str(codegen.TOP_TILES_MAX_WORK),
                  str(codegen.TILES_IN_SHARDS), str(lower.PACK_FOR_TILES), str(lower.INPLACE),
                  str(lower.HISTORY_IN_STACK),
-                 repr(vecmath.isa()), __version__,
+                 repr(vecmath.isa()), repr(vecmath.has("expm1", "float64")),
+                 str(codegen.TANH_BY_EXPM1), __version__,
                  CACHE_FORMAT.decode()):
         h.update(part.encode())
         h.update(b"\0")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 
-FUNCTIONS = ("exp", "log", "tanh")
+FUNCTIONS = ("exp", "log", "tanh", "expm1")
 
 
 @functools.lru_cache(maxsize=None)
@@ -38,6 +38,19 @@ def isa() -> tuple[str, int] | None:
     if features.get("sse4.2"):
         return "b", 16
     return None
+
+
+@functools.lru_cache(maxsize=None)
+def has(fn: str, dtype: str) -> bool:
+    """libmvec has the vector version of `fn` for `dtype` on this host (expm1 came with
+    glibc 2.35)."""
+    host = isa()
+    if host is None:
+        return False
+    import llvmlite.binding as llvm
+    letter, nbytes = host
+    n = nbytes // (4 if dtype == "float32" else 8)
+    return bool(llvm.address_of_symbol(f"_ZGV{letter}N{n}v_{fn}{'f' if dtype == 'float32' else ''}"))
 
 
 def lanes(dtype: str) -> int:

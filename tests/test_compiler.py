@@ -565,3 +565,16 @@ def test_bind_checks_its_arguments_like_a_call():
         f.bind(np.ones((2, 3), np.float32))
     with pytest.raises(ag.InputError, match="missing input"):
         f.bind()
+
+
+def test_float64_tanh_within_five_ulp_of_numpy():
+    """tanh through expm1 (`codegen._tanh`): a dense sample, tiny to saturated."""
+    x = ag.placeholder("x", ("N",), "float64")
+    f = ag.function([x], [ag.tanh(x)], backend="llvm")
+    rng = np.random.default_rng(5)
+    v = np.concatenate([rng.uniform(-20, 20, 100000), rng.uniform(-1, 1, 50000),
+                        np.logspace(-300, 1.5, 50000) * rng.choice([-1, 1], 50000)])
+    got, want = f(v)[0], np.tanh(v)
+    ulps = np.abs(got - want) / np.spacing(np.abs(want))
+    assert ulps.max() <= 5, ulps.max()
+    assert np.array_equal(np.signbit(f(np.array([-0.0, 0.0]))[0]), [True, False])
