@@ -359,10 +359,7 @@ class Kernel:
     def run(self, arrays, dims, scratch=None):
         """Run on arrays already checked against the graph (`autograph.function`)."""
         args, outs, status = self.prepare(arrays, dims, scratch)
-        if self.parallel and scratch is None and _threads() > 1:
-            with_worker(self._fn, args, status)
-        else:
-            self._fn(*args)
+        self._fn(*args)      # one thread: the worker pays off in bound calls only (`bind`)
         if status[0]:
             self._raise(status)
         return outs
@@ -418,13 +415,18 @@ class Kernel:
                 _data_ptr(arena), layout.offsets_ptr, ctypes.addressof(status))
         keep = (list(arrays), arena, ins, ous, layout, self)   # all stay alive
         fn = self._fn
+        # Single-row products that may split their columns with the shard worker
+        # (`microkernels.par_dots`). Only here: a plain call's own Python work (~30 µs)
+        # leaves the cores' caches cold and the split gained nothing there (measured).
         if self.parallel and _threads() > 1:
             with spin.lock:
                 worker = spin.workers(1)[0]
             lock, words, address = spin.lock, worker.words, worker.address
 
             def call():
-                # with_worker, inlined: this is the latency of a generation step
+                # The worker's words go in status[2] while this thread holds the
+                # workers' lock; when another call holds it (a sharded run) or the
+                # worker is asleep (woken now, for the next call), one thread runs all.
                 if lock.acquire(False):
                     try:
                         status[2] = 0 if words[2] and worker.awake() is False else address
@@ -451,23 +453,6 @@ class Kernel:
 def _threads() -> int:
     from .shard import thread_count     # $AUTOGRAPH_THREADS=1: one thread, no worker
     return thread_count()
-
-
-def with_worker(fn, args, status) -> None:
-    """Call a kernel whose single-row products may split their columns with the shard
-    worker (`microkernels.par_dots`): its words go in status[2] while this thread holds
-    the workers' lock; when another call holds it (a sharded run), or the worker is
-    asleep (woken now, for the next call), the kernel runs on this thread alone."""
-    if not spin.lock.acquire(blocking=False):
-        fn(*args)
-        return
-    try:
-        worker = spin.workers(1)[0]
-        status[2] = worker.address if worker.awake() else 0
-        fn(*args)
-    finally:
-        status[2] = 0
-        spin.lock.release()
 
 
 class _Layout:

@@ -31,6 +31,7 @@ turns sharding off. Sharded and whole calls agree to rounding.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import time
@@ -455,6 +456,12 @@ def thread_count() -> int:
         except ValueError:
             log.warning("AUTOGRAPH_THREADS=%r is not an integer; using 1", env)
             return 1
+    return _cpus(os.getpid())
+
+
+@functools.lru_cache(maxsize=4)
+def _cpus(pid: int) -> int:
+    """CPUs this process may run on (a system call: asked once per process)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:   # not Linux

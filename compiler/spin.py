@@ -171,7 +171,9 @@ class Worker:
         w[3] = address
         for k, a in enumerate(args):
             w[4 + k] = a
-        self._posted += 1
+        # the count goes on from the words, not from a counter of our own: kernels post
+        # too (`microkernels.par_dots`); the poster holds `lock`, so the worker is idle
+        self._posted = w[0] + 1
         w[0] = self._posted
         if w[2]:
             self._wake.set()

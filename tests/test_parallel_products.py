@@ -216,3 +216,29 @@ def test_one_thread_when_asked(monkeypatch):
         step()
         f(*args)
     assert worker.words[0] == before
+
+
+def test_sharded_calls_count_on_from_the_kernels_posts():
+    """Kernels post to the worker natively; a sharded call posted afterwards continues
+    the same count (a count of its own could post the number the worker has already
+    done, and the call would return before its shard ran)."""
+    from rnn.workload import training_step
+    inputs, outputs, args = _lstm_step("float64")
+    step = ag.function(inputs, outputs, backend="llvm").bind(*args)
+    model, data, outs = training_step("elman", 8, 16)
+    params = list(model.nodes().values())
+    train = ag.function(data + params, outs, backend="llvm")
+    rng = np.random.default_rng(3)
+    targs = [rng.normal(size=(4, 8, 8)), rng.normal(size=(4, 8, 8)),
+             *model.state_dict().values()]
+    ref = ag.function(data + params, outs)(*targs)
+    with spin.lock:
+        worker = spin.workers(1)[0]
+    for _ in range(100):
+        step()
+    for _ in range(3):
+        done = worker.words[1]
+        got = train.runner.sharder.run(targs, {"T": 4, "B": 8}, shards=2)
+        assert worker.words[0] == worker.words[1] == done + 1
+        for r, g in zip(ref, got):
+            np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-12)
