@@ -345,3 +345,45 @@ def test_a_forked_child_starts_its_own_workers(monkeypatch):
     got = f.runner.sharder.run(arrays, dims, shards=2)[0]
     assert spin._workers and not set(map(id, spin._workers)) & set(map(id, before))
     assert float(got) == pytest.approx(float(expect), rel=1e-12)
+
+
+def test_a_one_thread_verdict_is_raced_once_more(monkeypatch):
+    """Shards that lost their first race (slowed by another library's spinning threads,
+    say) get a second one after RECHECK_AFTER whole calls; that verdict stays."""
+    monkeypatch.setenv("AUTOGRAPH_THREADS", "2")
+    monkeypatch.delenv("AUTOGRAPH_SHARD", raising=False)
+    monkeypatch.setattr(shard, "SHARD_MIN_SECONDS", 250e-6)
+    monkeypatch.setattr(shard, "SHARDED_TRIAL_SECONDS", 0.0)
+    monkeypatch.setattr(shard, "RECHECK_AFTER", 3)
+    inputs, outputs = _elman()
+    f = ag.function(inputs, outputs, backend="llvm")
+    s = f.runner.sharder
+    args = _elman_args(4, 6)
+    arrays, dims = ag.backends.bind_inputs(f.graph.inputs, args)
+
+    def race(whole, sharded):
+        for _ in range(shard.SHARDED_TRIALS):
+            s._record(dims, sharded, sharded=True)
+        for _ in range(shard.TRIAL_CALLS):
+            s._record(dims, whole)
+    race(whole=300e-6, sharded=400e-6)
+    assert s.shards_for(dims) == 1
+    for _ in range(3):
+        assert s.shards_for(dims) == 1
+        s.run(arrays, dims)
+    assert s.shards_for(dims) is None          # racing again
+    race(whole=300e-6, sharded=200e-6)
+    assert s.shards_for(dims) == 2
+    for _ in range(5):          # sharded now, and not raced again
+        s.run(arrays, dims)
+        assert s.shards_for(dims) == 2
+    # lost twice: it stays on one thread
+    g = ag.function(inputs, outputs, backend="llvm").runner.sharder
+    for _ in range(2):
+        for _ in range(shard.SHARDED_TRIALS):
+            g._record(dims, 400e-6, sharded=True)
+        for _ in range(shard.TRIAL_CALLS):
+            g._record(dims, 300e-6)
+        for _ in range(3):
+            g.run(arrays, dims)
+    assert g.shards_for(dims) == 1 and not g._recheck
