@@ -425,14 +425,7 @@ class Emitter:
                 self.ex(out.strides[-1])]
 
     def _dots_pair(self, s1, s2) -> bool:
-        """Two products in a row that `par_dots2` may run with one hand-off: each one a
-        single `dots` call that may split, neither reading what the other writes."""
-        def single(s):
-            return (isinstance(s, MatMul) and s.out.ndim == 2 and s.packed is None
-                    and s.out.dtype in FLOATS and dots_apply(s) and may_split(s))
-        return (single(s1) and single(s2) and s1.out.dtype == s2.out.dtype
-                and all(r.buf.id != s1.out.buf.id for r in s2.refs())
-                and all(r.buf.id != s2.out.buf.id for r in s1.refs()))
+        return dots_pair(s1, s2)
 
     def _matmul_dots_pair(self, s1: MatMul, s2: MatMul):
         """Both products through `par_dots2` when both have at most DOTS_MAX_ROWS rows
@@ -642,10 +635,26 @@ def dots_apply(s: MatMul) -> bool:
             and s.b.strides[-1] != one)
 
 
-def may_split(s: MatMul) -> bool:
-    """A product whose N·K can reach `microkernels.PAR_SPLIT_MIN`: it calls `par_dots`."""
-    work = s.out.shape[-1] * s.a.shape[-1]
-    return not work.is_const or work.const >= microkernels.PAR_SPLIT_MIN
+def may_split(*products: MatMul) -> bool:
+    """Products whose N·K together can reach `microkernels.split_min`: worth handing
+    half to the worker (`par_dots`, `par_dots2`)."""
+    work = Expr.of(0)
+    for s in products:
+        work = work + s.out.shape[-1] * s.a.shape[-1]
+    return not work.is_const or work.const >= microkernels.split_min(products[0].out.dtype)
+
+
+def dots_pair(s1, s2) -> bool:
+    """Two products in a row that `par_dots2` may run with one hand-off: each a single
+    `dots` call, together large enough to split, neither reading what the other
+    writes (the x·U and h·W of one step)."""
+    def single(s):
+        return (isinstance(s, MatMul) and s.out.ndim == 2 and s.packed is None
+                and s.out.dtype in FLOATS and dots_apply(s))
+    return (single(s1) and single(s2) and s1.out.dtype == s2.out.dtype
+            and may_split(s1, s2)
+            and all(r.buf.id != s1.out.buf.id for r in s2.refs())
+            and all(r.buf.id != s2.out.buf.id for r in s1.refs()))
 
 
 def _region(buf):

@@ -21,7 +21,7 @@ from autograph.errors import BackendError, InputError
 from autograph.graph import Graph
 
 from . import spin
-from .codegen import dots_apply, emit_text, may_split
+from .codegen import dots_apply, dots_pair, emit_text, may_split
 from .loopir import MatMul, Program, fingerprint, walk
 
 log = logging.getLogger("autograph.compiler")
@@ -274,8 +274,10 @@ class Kernel:
         self._scratch = threading.local()
         self.names = [x.name for x in graph.inputs]
         # products that may split their columns with a worker (`microkernels.par_dots`)
+        stmts = list(walk(prog.body))
         self.parallel = any(isinstance(s, MatMul) and dots_apply(s) and may_split(s)
-                            for s in walk(prog.body))
+                            for s in stmts) or any(dots_pair(a, b)
+                                                   for a, b in zip(stmts, stmts[1:]))
 
     @functools.cached_property
     def ir_text(self) -> str:

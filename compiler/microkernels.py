@@ -21,7 +21,7 @@ an LSTM training step, and LLVM's time grows with the IR it is given.
 
     par_dots(MB, M, N, K, A, sa0, B, sb1, C, sc0, sc1)
         dots, its columns split between this thread and an idle, spinning worker whose
-        words are at MB (`spin.Worker`; null: no worker) when N·K ≥ PAR_SPLIT_MIN: the
+        words are at MB (`spin.Worker`; null: no worker) when W has PAR_SPLIT_BYTES: the
         worker's half of W stays in its core's L2 from call to call. The second half
         is posted as `job_dots`; a worker that has not claimed it after RETRACT_POLLS
         polls (it fell asleep) is not waited for: the half is claimed back and done here.
@@ -47,8 +47,9 @@ I64 = ir.IntType(64)
 PTR = ir.PointerType()
 REG = {"float32": ir.FloatType(), "float64": ir.DoubleType()}
 PANEL_KC = 256              # steps of k per pass of the tiles: a block of rows stays in L1
-PAR_SPLIT_MIN = 3 << 13     # N·K of a `dots` product split between two threads (24576: a
-#                             128 × 128 product gains less than the hand-off costs, measured)
+PAR_SPLIT_BYTES = 1 << 18   # bytes of W (N·K·itemsize) from which `dots` is split
+#                             between two threads (256 KB: a float64 Elman step's two
+#                             products, 192 KB, gained −0.3 to +0.9 µs from run to run)
 RETRACT_POLLS = 1 << 12     # polls for a worker to claim a posted half before taking it back
 
 
@@ -68,6 +69,11 @@ def emit_loop(fn: ir.Function, b: ir.IRBuilder, count, body, name="i"):
     i.add_incoming(nxt, b.block)
     b.cbranch(b.icmp_signed("<", nxt, count), body_bb, exit_bb)
     b.position_at_end(exit_bb)
+
+
+def split_min(dtype: str) -> int:
+    """N·K from which single-row products are split between two threads."""
+    return PAR_SPLIT_BYTES // (4 if dtype == "float32" else 8)
 
 
 def panel_rows() -> int:
@@ -250,7 +256,7 @@ class MicroKernels:
         for p in products:
             work = b.add(work, b.mul(p["n"], p["k"]))
         big = b.and_(b.icmp_unsigned("!=", b.ptrtoint(mb, I64), k_.c(0)),
-                     b.icmp_signed(">=", work, k_.c(PAR_SPLIT_MIN)))
+                     b.icmp_signed(">=", work, k_.c(split_min(dtype))))
         split_bb, check_bb, whole_bb, exit_bb = (fn.append_basic_block(n) for n in (
             "split", "check", "whole", "exit"))
         b.cbranch(big, check_bb, whole_bb)

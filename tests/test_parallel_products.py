@@ -75,7 +75,7 @@ def test_split_products_match_numpy(par_dots, M, N, K, dtype, seed):
         shared = worker.words[1] > before
     np.testing.assert_allclose(C, A @ W.T, **_tol(dtype))
     assert (big[:, N:] == 7).all()
-    assert shared == (N * K >= microkernels.PAR_SPLIT_MIN)
+    assert shared == (N * K >= microkernels.split_min(dtype))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
