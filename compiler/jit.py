@@ -370,8 +370,6 @@ class Kernel:
         """(the six native arguments, the output arrays, the status word) of a call on
         `arrays`, using `scratch` (this thread's by default) for the arena and the
         pointer arrays: the raw call a sharded run hands to another thread."""
-        arrays = [a if a.flags.c_contiguous and a.flags.aligned else np.ascontiguousarray(a)
-                  for a in arrays]
         layout = self._layout(dims)
         local = self._scratch if scratch is None else scratch
         if not hasattr(local, "status"):
@@ -384,18 +382,20 @@ class Kernel:
         # faults of every temporary again, on each call.
         if local.arena is None or local.arena.size < layout.nbytes:
             local.arena = np.empty(layout.nbytes, dtype=np.uint8)
+            local.arena_ptr = _data_ptr(local.arena)
         ins, last = local.ins, local.last
         for i, a in enumerate(arrays):
             if a is not last[i]:        # parameters are the same arrays call after call
+                if not (a.flags.c_contiguous and a.flags.aligned):
+                    a = np.ascontiguousarray(a)
                 ins[i] = _data_ptr(a)
                 last[i] = a             # (held, so the address stays theirs)
+        # fresh outputs, each its own array (a caller may keep one and drop the others)
         outs = [np.empty(shape, dtype) for shape, dtype in layout.outs]
-        ous = local.ous
-        for k, o in enumerate(outs):
-            ous[k] = _data_ptr(o)
+        local.ous[:len(outs)] = [_data_ptr(o) for o in outs]
         status = local.status
-        return ((layout.dims_ptr, ctypes.addressof(ins), ctypes.addressof(ous),
-                 _data_ptr(local.arena), layout.offsets_ptr, ctypes.addressof(status)),
+        return ((layout.dims_ptr, ctypes.addressof(ins), ctypes.addressof(local.ous),
+                 local.arena_ptr, layout.offsets_ptr, ctypes.addressof(status)),
                 outs, status)
 
     def bind(self, arrays, dims):
