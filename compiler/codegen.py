@@ -402,16 +402,19 @@ class Emitter:
         """Dot products along k, per batch: `microkernels.par_dots`, which splits the
         columns with the worker whose words status[2] points to (0: none; set by bound
         calls, `jit.Kernel.bind`) when the product is large enough, else `dots`."""
-        out, b = s.out, self.b
+        out = s.out
         if may_split(s):
-            mailbox = [b.inttoptr(b.load(b.gep(self.status, [self.i64(2)], source_etype=I64),
-                                         typ=I64), PTR)]
-            kernel = self.micro("par_dots", out.dtype)
+            mailbox, kernel = [self._mailbox()], self.micro("par_dots", out.dtype)
         else:
             mailbox, kernel = [], self.micro("dots", out.dtype)
-
         self.nest(out.shape[:out.ndim - 2],
                   lambda bidx: self.b.call(kernel, mailbox + self._dots_args(s, bidx)))
+
+    def _mailbox(self):
+        """The worker's words from status[2] (null: this call has no worker)."""
+        b = self.b
+        return b.inttoptr(b.load(b.gep(self.status, [self.i64(2)], source_etype=I64),
+                                 typ=I64), PTR)
 
     def _dots_args(self, s: MatMul, bidx=()):
         out, A, B = s.out, s.a, s.b
@@ -433,10 +436,8 @@ class Emitter:
                      b.icmp_signed("<=", self.ex(s2.out.shape[0]), self.i64(DOTS_MAX_ROWS)))
         with b.if_else(few) as (then, otherwise):
             with then:
-                mailbox = b.inttoptr(b.load(b.gep(self.status, [self.i64(2)],
-                                                  source_etype=I64), typ=I64), PTR)
                 b.call(self.micro("par_dots2", s1.out.dtype),
-                       [mailbox] + self._dots_args(s1) + self._dots_args(s2))
+                       [self._mailbox()] + self._dots_args(s1) + self._dots_args(s2))
             with otherwise:
                 self.emit_MatMul(s1)
                 self.emit_MatMul(s2)

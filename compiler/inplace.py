@@ -41,15 +41,13 @@ MAX_DEPTH = 2        # temporaries of a step looked through for the sequence's v
 
 @dataclass(frozen=True)
 class Proposal:
-    """Stacked output `k` of the scan `node` stored in `home`, a view of sequence `j`'s
+    """Stacked output `k` of the scan `node` stored in `home`, a view of a sequence's
     buffer; `loop` is the scan's loop and `own` the buffer y has without the alias."""
 
     key: tuple            # (id(scan node), k)
-    j: int
     home: Ref             # [T, step…] view of the sequence's buffer
     loop: Loop
     own: object           # Buffer
-    exclusive: bool       # the home is the sequence's whole slice
 
 
 def split_linear(e: Expr, var: str):
@@ -120,7 +118,7 @@ def candidates(xs: Ref, value, source, defs, step_shape, var) -> list:
         step = at_step(h, t)
         # what the value reads when it is stored (last in the step): xs only at the home
         if injective(step) and within_slice(step, var, s) and all(
-                r.buf is not xs.buf or r.view == step.view for r in _reads(value)):
+                r.buf is not xs.buf or r.view == step.view for r in reads(value)):
             out.append((h, depth, exclusive))
     return out
 
@@ -212,7 +210,8 @@ def expand(tree, defs, depth):
     return tree
 
 
-def _reads(value) -> list:
+def reads(value) -> list:
+    """The views a step value loads when it is stored."""
     if isinstance(value, Ref):
         return [value]
     tree = getattr(value, "tree", None)

@@ -720,30 +720,28 @@ def _homes(lw, node, xs, consts, carry_bufs, values, used, inner, loop) -> tuple
     if not INPLACE:
         return {}, {}
     blocked = {c.buf.id for c in consts if isinstance(c, Ref)} | carry_bufs
-    seqs = [(j, x) for j, x in enumerate(xs) if isinstance(x, Ref) and x.buf.kind == "arena"
+    seqs = [x for x in xs if isinstance(x, Ref) and x.buf.kind == "arena"
             and x.buf.id not in blocked]
     options: dict = {}          # sequence buffer id → {output: [(home, depth, exclusive)]}
-    index = {}
     defs = inplace.definitions(inner) if seqs else {}
     for i, v in enumerate(values):
         if node.params["n_carry"] + i not in used or isinstance(v, Lit) \
-                or any(r.buf.id in carry_bufs for r in inplace._reads(v)):
+                or any(r.buf.id in carry_bufs for r in inplace.reads(v)):
             continue
         source = _source(v, defs)
-        for j, x in seqs:
+        for x in seqs:
             found = inplace.candidates(x, v, source, defs, S(v.shape), loop.var)
             if found:
                 options.setdefault(x.buf.id, {})[i] = found
-                index[x.buf.id] = j
                 break
     homes, proposed = {}, {}
-    for bid, opts in options.items():
-        for i, (h, exclusive) in inplace.assign(opts, loop.var).items():
+    for opts in options.values():
+        for i, (h, _) in inplace.assign(opts, loop.var).items():
             key = (id(node), i)
             if key in lw.approved:
                 homes[i] = h
             else:
-                proposed[i] = inplace.Proposal(key, index[bid], h, loop, None, exclusive)
+                proposed[i] = inplace.Proposal(key, h, loop, None)
     return homes, proposed
 
 

@@ -121,6 +121,24 @@ def _lstm_step(dtype, H=128, D=64):
     return inputs, [out, *new_state], args
 
 
+def _worker():
+    with spin.lock:
+        return spin.workers(1)[0]
+
+
+def _training(cell, T, seed):
+    """A workload training step at B = 8 (sharded): its function, arguments and the
+    interpreter's values."""
+    from rnn.workload import training_step
+    model, data, outs = training_step(cell, 8, 16)
+    params = list(model.nodes().values())
+    rng = np.random.default_rng(seed)
+    args = [rng.normal(size=(T, 8, 8)), rng.normal(size=(T, 8, 8)),
+            *model.state_dict().values()]
+    ref = ag.function(data + params, outs)(*args)
+    return ag.function(data + params, outs, backend="llvm"), args, ref
+
+
 @pytest.mark.parametrize("dtype, rtol", [("float64", 1e-12), ("float32", 2e-5)])
 def test_inference_step_shares_its_products_and_agrees(dtype, rtol):
     """An LSTM step at B = 1 (H = 128): the bound call hands half of each product to
@@ -131,8 +149,7 @@ def test_inference_step_shares_its_products_and_agrees(dtype, rtol):
     assert kernel.parallel
     ref = ag.function(inputs, outputs)(*args)
     step = f.bind(*args)
-    with spin.lock:
-        worker = spin.workers(1)[0]
+    worker = _worker()
     before = worker.words[1]
     for _ in range(300):
         got = step()
@@ -146,17 +163,10 @@ def test_inference_step_shares_its_products_and_agrees(dtype, rtol):
 def test_threads_and_sharded_calls_at_once():
     """Two threads run B = 1 steps while a third runs sharded training steps (which
     hold the worker): every result right, no thread stuck."""
-    from rnn.workload import training_step
     inputs, outputs, args = _lstm_step("float64")
     f = ag.function(inputs, outputs, backend="llvm")
     ref = ag.function(inputs, outputs)(*args)
-    model, data, outs = training_step("gru", 8, 16)
-    params = list(model.nodes().values())
-    train = ag.function(data + params, outs, backend="llvm")
-    rng = np.random.default_rng(2)
-    targs = [rng.normal(size=(5, 8, 8)), rng.normal(size=(5, 8, 8)),
-             *model.state_dict().values()]
-    tref = ag.function(data + params, outs)(*targs)
+    train, targs, tref = _training("gru", 5, 2)
     errors = []
 
     def infer():
@@ -208,8 +218,7 @@ def test_one_thread_when_asked(monkeypatch):
     monkeypatch.setenv("AUTOGRAPH_THREADS", "1")
     inputs, outputs, args = _lstm_step("float64")
     f = ag.function(inputs, outputs, backend="llvm")
-    with spin.lock:
-        worker = spin.workers(1)[0]
+    worker = _worker()
     before = worker.words[0]
     step = f.bind(*args)
     for _ in range(50):
@@ -222,18 +231,10 @@ def test_sharded_calls_count_on_from_the_kernels_posts():
     """Kernels post to the worker natively; a sharded call posted afterwards continues
     the same count (a count of its own could post the number the worker has already
     done, and the call would return before its shard ran)."""
-    from rnn.workload import training_step
     inputs, outputs, args = _lstm_step("float64")
     step = ag.function(inputs, outputs, backend="llvm").bind(*args)
-    model, data, outs = training_step("elman", 8, 16)
-    params = list(model.nodes().values())
-    train = ag.function(data + params, outs, backend="llvm")
-    rng = np.random.default_rng(3)
-    targs = [rng.normal(size=(4, 8, 8)), rng.normal(size=(4, 8, 8)),
-             *model.state_dict().values()]
-    ref = ag.function(data + params, outs)(*targs)
-    with spin.lock:
-        worker = spin.workers(1)[0]
+    train, targs, ref = _training("elman", 4, 3)
+    worker = _worker()
     for _ in range(100):
         step()
     for _ in range(3):
