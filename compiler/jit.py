@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import itertools
 import logging
 import os
 import pathlib
@@ -21,7 +22,7 @@ from autograph.errors import BackendError, InputError
 from autograph.graph import Graph
 
 from . import spin
-from .codegen import dots_apply, dots_pair, emit_text, may_split
+from .codegen import ARRAY_DATA_FIELD, dots_apply, dots_pair, emit_text, may_split
 from .loopir import MatMul, Program, fingerprint, walk
 
 log = logging.getLogger("autograph.compiler")
@@ -30,7 +31,7 @@ OPT_LEVEL = 3
 # The optimization pipeline's switches (part of the cache key: they change the code).
 PIPELINE = dict(loop_vectorization=True, slp_vectorization=True, loop_unrolling=False,
                 loop_interleaving=False)
-CACHE_FORMAT = b"AGKERNEL1\n"
+CACHE_FORMAT = b"AGKERNEL2\n"   # 2: arguments are array objects
 _lock = threading.RLock()
 _target = None
 _keep: list = []
@@ -117,7 +118,7 @@ def cache_key(program_digest: str) -> str:
                  str(codegen.TILES_IN_SHARDS), str(lower.PACK_FOR_TILES), str(lower.INPLACE),
                  str(lower.HISTORY_IN_STACK),
                  repr(vecmath.isa()), repr(vecmath.has("expm1", "float64")),
-                 str(codegen.TANH_BY_EXPM1), __version__,
+                 str(codegen.TANH_BY_EXPM1), str(codegen.ARRAY_DATA_FIELD), __version__,
                  CACHE_FORMAT.decode()):
         h.update(part.encode())
         h.update(b"\0")
@@ -241,21 +242,54 @@ def _slow_data_ptr(a: np.ndarray) -> int:
     return a.__array_interface__["data"][0]
 
 
-def _find_data_field():
-    """Where an ndarray object keeps its data pointer: right after the object header in
-    NumPy's `PyArrayObject` (a public struct). Reading it there costs 0.1 µs against
-    1.2 µs for `__array_interface__`, which is a tenth of a tiny kernel's call. Checked
-    here on arrays, views and offsets; if this NumPy lays it out otherwise, the public
-    route is used."""
-    offset = object.__basicsize__          # the header: reference count and type
-    probes = [np.empty(3), np.zeros((4, 5), np.float32)[1:, 2:], np.arange(7)[::2]]
+def _native_headers() -> bool:
+    """Whether an ndarray object keeps its data pointer at `ARRAY_DATA_FIELD`, right
+    after the object header, as NumPy's public `PyArrayObject_fields` lays it out.
+    Checked here on arrays, views and offsets. Kernels read each argument's data
+    pointer there (`codegen.build`), so a call passes `id(a)` (0.05 µs an array here)
+    instead of reading the pointer in Python (0.5–0.6 µs through ctypes, 1.2 µs
+    through `__array_interface__`)."""
     field = ctypes.c_void_p.from_address
-    if all(field(id(a) + offset).value == _slow_data_ptr(a) for a in probes):
-        return lambda a: field(id(a) + offset).value
-    return _slow_data_ptr
+    probes = [np.empty(3), np.zeros((4, 5), np.float32)[1:, 2:], np.arange(7)[::2]]
+    return all(field(id(a) + ARRAY_DATA_FIELD).value == _slow_data_ptr(a) for a in probes)
 
 
-_data_ptr = _find_data_field()
+NATIVE_HEADERS = _native_headers()
+_HEADER_WORDS = ARRAY_DATA_FIELD // 8 + 1
+
+
+def _data_ptr(a: np.ndarray) -> int:
+    if NATIVE_HEADERS:
+        return ctypes.c_void_p.from_address(id(a) + ARRAY_DATA_FIELD).value
+    return _slow_data_ptr(a)
+
+
+def handles(arrays, keep: list) -> list:
+    """What a kernel takes for each array: the array object itself (`id`), or, where
+    NumPy lays its objects out otherwise, a stand-in header with the data pointer at
+    ARRAY_DATA_FIELD (appended to `keep`, which the caller holds during the call)."""
+    if NATIVE_HEADERS:
+        return list(map(id, arrays))
+    out = []
+    for a in arrays:
+        head = (ctypes.c_void_p * _HEADER_WORDS)()
+        head[-1] = _slow_data_ptr(a)
+        keep.append(head)
+        out.append(ctypes.addressof(head))
+    return out
+
+
+class Scratch:
+    """One thread's memory for a kernel's calls: the arena (kept between calls: a fresh
+    one would pay the page faults of every temporary again), the argument tables, the
+    status words, the layout of the last binding."""
+    __slots__ = ("status", "ins", "ous", "last", "arena", "keep", "key", "layout", "args",
+                 "__weakref__")
+
+    def __init__(self):
+        self.arena = self.key = self.layout = self.args = None
+
+
 
 
 class Kernel:
@@ -271,7 +305,7 @@ class Kernel:
         self._fn = _KERNEL_T(addr)   # the engine stays alive as long as this kernel
         self.address = addr
         self._layouts: dict = {}
-        self._scratch = threading.local()
+        self._local = threading.local()       # .scratch: this thread's `Scratch`
         self.names = [x.name for x in graph.inputs]
         # products that may split their columns with a worker (`microkernels.par_dots`)
         stmts = list(walk(prog.body))
@@ -339,7 +373,7 @@ class Kernel:
         """Everything a call at this binding of B, T, … needs that does not depend on
         the arrays' contents: arena size and slot offsets, the dims, output specs."""
         prog = self.prog
-        key = tuple(dims.get(d, -1) for d in prog.dims)
+        key = tuple(map(dims.get, prog.dims))
         layout = self._layouts.get(key)
         if layout is None:
             self.check_dims(dims)
@@ -366,37 +400,43 @@ class Kernel:
             self._raise(status)
         return outs
 
-    def prepare(self, arrays, dims, scratch=None):
+    def prepare(self, arrays, dims, scratch: Scratch | None = None):
         """(the six native arguments, the output arrays, the status word) of a call on
         `arrays`, using `scratch` (this thread's by default) for the arena and the
-        pointer arrays: the raw call a sharded run hands to another thread."""
-        layout = self._layout(dims)
-        local = self._scratch if scratch is None else scratch
-        if not hasattr(local, "status"):
-            local.status = (ctypes.c_int64 * 3)()    # code, value, worker words (0)
-            local.ins = (ctypes.c_void_p * max(len(arrays), 1))()
-            local.last = [None] * len(arrays)   # the arrays whose pointers `ins` holds
-            local.ous = (ctypes.c_void_p * max(len(self.prog.outputs), 1))()
-            local.arena = None
-        # The arena is kept between calls (per thread): a fresh one would cost the page
-        # faults of every temporary again, on each call.
-        if local.arena is None or local.arena.size < layout.nbytes:
-            local.arena = np.empty(layout.nbytes, dtype=np.uint8)
-            local.arena_ptr = _data_ptr(local.arena)
-        ins, last = local.ins, local.last
+        argument tables: the raw call a sharded run hands to another thread."""
+        sc = scratch or getattr(self._local, "scratch", None) or self._new_scratch()
+        if sc.key is None:
+            sc.status = (ctypes.c_int64 * 3)()    # code, value, worker words (0)
+            sc.ins = (ctypes.c_void_p * max(len(arrays), 1))()
+            sc.last = [None] * len(arrays)   # the arrays whose handles `ins` holds
+            sc.ous = (ctypes.c_void_p * max(len(self.prog.outputs), 1))()
+            sc.keep = []
+        key = tuple(map(dims.get, self.prog.dims))
+        if key != sc.key:
+            layout = sc.layout = self._layout(dims)
+            if sc.arena is None or sc.arena.size < layout.nbytes:
+                sc.arena = np.empty(layout.nbytes, dtype=np.uint8)
+            sc.key = key
+            sc.args = (layout.dims_ptr, ctypes.addressof(sc.ins), ctypes.addressof(sc.ous),
+                       _data_ptr(sc.arena), layout.offsets_ptr, ctypes.addressof(sc.status))
+        ins, last = sc.ins, sc.last
+        if not NATIVE_HEADERS:
+            sc.keep = []
+            last[:] = [None] * len(last)
         for i, a in enumerate(arrays):
             if a is not last[i]:        # parameters are the same arrays call after call
                 if not (a.flags.c_contiguous and a.flags.aligned):
                     a = np.ascontiguousarray(a)
-                ins[i] = _data_ptr(a)
+                ins[i] = handles((a,), sc.keep)[0]
                 last[i] = a             # (held, so the address stays theirs)
         # fresh outputs, each its own array (a caller may keep one and drop the others)
-        outs = [np.empty(shape, dtype) for shape, dtype in layout.outs]
-        local.ous[:len(outs)] = [_data_ptr(o) for o in outs]
-        status = local.status
-        return ((layout.dims_ptr, ctypes.addressof(ins), ctypes.addressof(local.ous),
-                 local.arena_ptr, layout.offsets_ptr, ctypes.addressof(status)),
-                outs, status)
+        outs = list(itertools.starmap(np.empty, sc.layout.outs))
+        sc.ous[:len(outs)] = handles(outs, sc.keep)
+        return sc.args, outs, sc.status
+
+    def _new_scratch(self) -> Scratch:
+        sc = self._local.scratch = Scratch()
+        return sc
 
     def bind(self, arrays, dims):
         """A call with everything prepared: `arrays` (checked, C-contiguous) stay bound,
@@ -410,12 +450,13 @@ class Kernel:
         layout = self._layout(dims)
         arena = np.empty(layout.nbytes, dtype=np.uint8)
         outs = [np.empty(shape, dtype) for shape, dtype in layout.outs]
-        ins = (ctypes.c_void_p * max(len(arrays), 1))(*[_data_ptr(a) for a in arrays])
-        ous = (ctypes.c_void_p * max(len(outs), 1))(*[_data_ptr(o) for o in outs])
+        heads: list = []
+        ins = (ctypes.c_void_p * max(len(arrays), 1))(*handles(arrays, heads))
+        ous = (ctypes.c_void_p * max(len(outs), 1))(*handles(outs, heads))
         status = (ctypes.c_int64 * 3)()
         args = (layout.dims_ptr, ctypes.addressof(ins), ctypes.addressof(ous),
                 _data_ptr(arena), layout.offsets_ptr, ctypes.addressof(status))
-        keep = (list(arrays), arena, ins, ous, layout, self)   # all stay alive
+        keep = (list(arrays), outs, heads, arena, ins, ous, layout, self)   # all stay alive
         fn = self._fn
         # Single-row products that may split their columns with the shard worker
         # (`microkernels.par_dots`). Only here: a plain call's own Python work (~30 µs)

@@ -35,7 +35,6 @@ import functools
 import logging
 import os
 import time
-import types
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +43,7 @@ from autograph.errors import InputError
 from autograph.graph import Graph
 
 from . import spin
+from .jit import Scratch
 
 log = logging.getLogger("autograph.compiler")
 
@@ -646,6 +646,9 @@ class Sharder:
 
     def run(self, arrays, dims, shards=None):
         """The kernel's outputs for `arrays`; `shards` forces a shard count."""
+        if shards is None and self._decided.get(tuple(dims.items())) == 1 and not self._recheck:
+            blas_threads.set(None)            # the common case, decided: one thread
+            return self.kernel.run(arrays, dims)
         n = shards if shards is not None else self.shards_for(dims)
         if n is None:             # still timing: sharded calls, then whole ones
             sharded = self._trial_sharded(dims)
@@ -706,7 +709,7 @@ class Sharder:
     def _worker_scratch(self, n):
         """Per-worker arenas and pointer arrays for this kernel, kept between calls."""
         while len(self._scratch) < n:
-            self._scratch.append(types.SimpleNamespace())
+            self._scratch.append(Scratch())
         return self._scratch[:n]
 
     def bind(self, arrays, dims):

@@ -489,6 +489,56 @@ def test_function_copies_non_contiguous_arrays_instead_of_crashing():
     np.testing.assert_array_equal(f(a), a.sum(0))
 
 
+def test_repeated_calls_notice_arrays_changed_in_place():
+    """The second call on the same arrays skips the checks only while their types,
+    shapes and dtypes are the ones checked: a shape or dtype changed in place, or an
+    object that is not an ndarray, goes through the checks again."""
+    x = ag.placeholder("x", ("B", 3))
+    W = ag.placeholder("W", (3, 2))
+    f = ag.function([x, W], x @ W, backend="llvm")
+    a, w = np.ones((4, 3)), np.arange(6.).reshape(3, 2)
+    np.testing.assert_array_equal(f(a, w), a @ w)
+    w.shape = (2, 3)                  # same memory, transposed shape: refused
+    with pytest.raises(ag.InputError, match="'W' expects size 3 on axis 0"):
+        f(a, w)
+    w.shape = (3, 2)
+    np.testing.assert_array_equal(f(a, w), a @ w)
+    a.dtype = np.int64                # a view of the same bytes as int64
+    with pytest.raises(ag.InputError, match="'x' expects dtype float64, got int64"):
+        f(a, w)
+    a.dtype = np.float64
+
+    class Duck:                       # shape and dtype alike, but not an array
+        shape, dtype = a.shape, a.dtype
+
+        def __array__(self, dtype=None, copy=None):
+            return np.full((4, 3), 2.0)
+    np.testing.assert_array_equal(f(Duck(), w), np.full((4, 3), 2.0) @ w)
+    np.testing.assert_array_equal(f(a, w), a @ w)
+
+
+def test_kernels_run_on_stand_in_headers_where_numpy_lays_arrays_out_otherwise(monkeypatch):
+    """Kernels read each array's data pointer from the array object; were NumPy's
+    layout not the one checked at import, calls pass headers of their own instead."""
+    from compiler import jit
+    x = ag.placeholder("x", ("T", "B", 3))
+    W = ag.placeholder("W", (3, 3))
+    _, hs = ag.scan(lambda s, x_t: ((s2 := ag.tanh(x_t + s @ W)), s2),
+                    ag.zeros_like(x[0]), x)
+    graph = ag.Graph([x, W], [hs, ag.sum(hs)])
+    rng = np.random.default_rng(0)
+    xv, wv = rng.standard_normal((5, 2, 3)), rng.standard_normal((3, 3))
+    want = ag.function([x, W], [hs, ag.sum(hs)])(xv, wv)
+    monkeypatch.setattr(jit, "NATIVE_HEADERS", False)
+    k = compiler.compile_graph(graph).kernel
+    for T in (5, 2, 5):               # bindings change: arena and handles follow
+        got = k(np.ascontiguousarray(xv[:T]), wv)
+        np.testing.assert_allclose(got[0], want[0][:T], rtol=1e-12)
+    step, outs = k.bind([xv, wv], {"T": 5, "B": 2})
+    step()
+    np.testing.assert_allclose(outs[1], want[1], rtol=1e-12)
+
+
 def test_runtime_checks_raise_instead_of_reading_out_of_bounds():
     E = ag.placeholder("E", (4, 2))
     ids = ag.placeholder("ids", ("B",), "int64")
