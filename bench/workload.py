@@ -39,6 +39,8 @@ if str(ROOT) not in sys.path:
 import autograph as ag  # noqa: E402
 from rnn.workload import SIZES, training_step  # noqa: E402
 
+SIZES = dict(SIZES)      # the named sizes, and this run's --size ones
+
 GATES = {"elman": 1, "lstm": 4, "gru": 3}
 TOL = {"float64": 1e-9, "float32": 2e-3}    # references vs the interpreter (relative)
 
@@ -316,10 +318,27 @@ def latency_report(cell, dtype, repeat, log):
     log(line + f" | torch eager {t_torch * 1e6:.1f} µs | torch/ours {t_torch / t_ours:.1f}x |")
 
 
+def _size(text: str) -> tuple:
+    """"B,T,D,H" -> (B, T, D, H), each a positive integer."""
+    parts = text.replace(" ", "").split(",")
+    try:
+        dims = tuple(int(v) for v in parts)
+    except ValueError:
+        dims = ()
+    if len(dims) != 4 or min(dims) < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size: give four positive integers B,T,D,H, e.g. 3,37,50,100")
+    return dims
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="autograph bench", description=__doc__.splitlines()[0])
     p.add_argument("--cells", nargs="+", choices=list(GATES), default=list(GATES))
-    p.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
+    p.add_argument("--sizes", nargs="+", choices=list(SIZES), default=None,
+                   help="named sizes of the workload (default: all, unless --size is given)")
+    p.add_argument("--size", action="append", default=[], metavar="B,T,D,H", type=_size,
+                   help="a size of your own: batch, steps, input and hidden width "
+                        "(repeatable; e.g. --size 3,37,50,100)")
     p.add_argument("--dtypes", nargs="+", choices=["float32", "float64"],
                    default=["float32", "float64"])
     p.add_argument("--repeat", type=int, default=10, help="timed runs per case (default 10)")
@@ -328,6 +347,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.repeat < 1:
         p.error("--repeat must be at least 1")
+    if args.sizes is None:
+        args.sizes = [] if args.size else list(SIZES)
+    for dims in args.size:
+        name = "B{}-T{}-D{}-H{}".format(*dims)
+        SIZES[name] = dims
+        args.sizes.append(name)
     log = print
     try:
         import torch

@@ -38,6 +38,7 @@ PANEL_MAX_WORK = 1 << 20    # M·N·K up to which the tiles beat a multi-threade
 TOP_TILES_MAX_WORK = 1 << 20  # other products with B's rows contiguous: tiles up to this M·N·K
 TILES_IN_SHARDS = 1 << 24     # ... and up to this in sharded calls (OpenBLAS on one thread)
 DOTS_MAX_ROWS = 3           # products with B = Wᵀ and at most this many rows: dot products
+ROWS_MAX_ROWS = 3           # ... with B row-major: `rows` (each row streams B), not BLAS
 # Byte offset of the data pointer in an ndarray object: right after the object header
 # (reference count and type) in NumPy's public `PyArrayObject_fields`. `jit` checks it
 # on live arrays at import and hands the kernel stand-in headers if it does not hold.
@@ -385,6 +386,11 @@ class Emitter:
         else:
             work = b.mul(b.mul(M, N), K)
             use = b.icmp_signed(">=", work, self.i64(blas.BLAS_MIN_WORK))
+            if rows_apply(s):
+                # a few rows: `rows` streams B once per row, where the library packs
+                # all of B first (per step, in a loop: a B = 1 Elman step with H = 200
+                # ran 6x slower through sgemm, most of it in packing and thread hand-offs)
+                use = b.and_(use, b.icmp_signed(">", M, self.i64(ROWS_MAX_ROWS)))
         # the library's argument rules: no empty sizes, leading dimensions ≥ the rows
         (ta, lda), (tb, ldb), ldc = layout
         need = [(lda, K if ta == blas.NO_TRANS else M), (ldb, N if tb == blas.NO_TRANS else K),
@@ -502,8 +508,8 @@ class Emitter:
         """Rows of out held in vector registers (`microkernels.rows`), per batch; for
         float products whose B and out have contiguous rows."""
         out, A, B = s.out, s.a, s.b
-        one, zero = Expr.of(1), self.i64(0)
-        if out.dtype not in FLOATS or B.strides[-1] != one or out.strides[-1] != one:
+        zero = self.i64(0)
+        if not rows_apply(s):
             return False
 
         def call(bidx):
@@ -632,6 +638,12 @@ def _blas_layout(s: MatMul):
     if a is None or b is None or s.out.strides[-1] != one:
         return None
     return a, b, s.out.strides[-2]
+
+
+def rows_apply(s: MatMul) -> bool:
+    """A product `microkernels.rows` can run: float, B's and out's rows contiguous."""
+    one = Expr.of(1)
+    return s.out.dtype in FLOATS and s.b.strides[-1] == one and s.out.strides[-1] == one
 
 
 def dots_apply(s: MatMul) -> bool:

@@ -274,6 +274,29 @@ def test_small_products_with_register_rows(dtype, N):
             close(r, q, 1e-12 if dtype == "float64" else 2e-5)
 
 
+@pytest.mark.parametrize("B", [1, 3, 4])
+def test_few_row_products_above_the_blas_threshold_stream_the_weights(B):
+    """A recurrence whose per-step products have at most ROWS_MAX_ROWS rows and are
+    large enough for BLAS (H = 200, not a multiple of the vector width) runs them on
+    the `rows` kernel, with 4 rows through the library: forward and backward against
+    the interpreter, 1e-12 in float64."""
+    from compiler.codegen import ROWS_MAX_ROWS
+    assert ROWS_MAX_ROWS == 3
+    H = 200
+    x = ag.placeholder("x", ("T", "B", H))
+    W = ag.placeholder("W", (H, H))
+    _, hs = ag.scan(lambda s, x_t: ((s2 := ag.tanh(x_t + s @ W)), s2),
+                    ag.zeros_like(x[0]), x)
+    loss = ag.sum(hs * hs)
+    outs = [loss, *ag.grad(loss, [x, W])]
+    rng = np.random.default_rng(B)
+    args = [rng.normal(size=(5, B, H)) * 0.3, rng.normal(size=(H, H)) * 0.05]
+    want = ag.function([x, W], outs)(*args)
+    got = ag.function([x, W], outs, backend="llvm")(*args)
+    for r, g in zip(want, got):
+        close(r, g, 1e-12)
+
+
 @pytest.mark.parametrize("kind", ["elman", "lstm", "gru"])
 def test_training_steps_from_torch_weights_match_the_interpreter(kind):
     """The workload's training step at a size where the products go to BLAS, with weights
