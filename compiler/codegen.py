@@ -305,9 +305,21 @@ class Emitter:
         flag = self.pack_flag(s.packed.buf)
         with b.if_then(b.not_(b.load(flag, typ=I1))):
             P, B = s.packed, s.b
-            nr = P.shape[2]
-            src = Ref(B.buf, B.offset, P.shape, (nr * B.strides[1], B.strides[0], B.strides[1]))
-            self.emit_Map(Map(Ref.full(P.buf, P.shape), Load(src)))
+            panels, K, nr = (d.const for d in P.shape)
+            N = B.shape[1].const
+            whole, rest = divmod(N, nr)
+            if whole:
+                src = Ref(B.buf, B.offset, (Expr.of(whole), *P.shape[1:]),
+                          (nr * B.strides[1], B.strides[0], B.strides[1]))
+                self.emit_Map(Map(Ref.full(P.buf, (whole, K, nr)), Load(src)))
+            if rest:        # the last panel: N's last columns, then zeros (see lower._matmul)
+                at = Expr.of(whole * K * nr)
+                self.emit_Map(Map(Ref(P.buf, at, (Expr.of(K), Expr.of(nr)),
+                                      (Expr.of(nr), Expr.of(1))), Const(0, P.dtype)))
+                src = Ref(B.buf, B.offset + B.strides[1] * (whole * nr),
+                          (Expr.of(K), Expr.of(rest)), B.strides)
+                self.emit_Map(Map(Ref(P.buf, at, (Expr.of(K), Expr.of(rest)),
+                                      (Expr.of(nr), Expr.of(1))), Load(src)))
             b.store(ir.Constant(I1, 1), flag)
 
     def _matmul_panels(self, s: MatMul):

@@ -415,7 +415,18 @@ def _matmul(lw, node, vals, body):
         return out
     if lw.depth == 0 and _transposed_for_tiles(a, b):
         b = lw.contiguous(b, body)
-    body.append(MatMul(out, a, b, _panels(lw, a, b)))
+    packed = _panels(lw, a, b)
+    if packed is not None and out.ndim == 2:
+        width = packed.shape[0].const * packed.shape[2].const
+        if width != out.shape[1].const:
+            # N not a multiple of the panels' width: the last panel is padded with zero
+            # columns, and so are out's rows, which the tiles write whole (the product's
+            # readers see the N columns of a view)
+            full = lw.new((out.shape[0], width), node.dtype)
+            out = Ref(full.buf, full.offset, out.shape, (Expr.of(width), Expr.of(1)))
+    elif packed is not None:
+        packed = None
+    body.append(MatMul(out, a, b, packed))
     return out
 
 
@@ -454,11 +465,11 @@ def _panels(lw, a: Ref, b: Ref) -> Ref | None:
         return None
     K, N = b.shape
     nr = 2 * host[1] // (4 if a.dtype == "float32" else 8)
-    if not (K.is_const and N.is_const) or N.const % nr or K.const == 0:
+    if not (K.is_const and N.is_const) or K.const == 0 or N.const < nr:
         return None
     key = b.view
     if key not in lw.panels:        # filled by the kernel when a tiled product first runs
-        lw.panels[key] = lw.new((N.const // nr, K, nr), b.dtype)
+        lw.panels[key] = lw.new((-(-N.const // nr), K, nr), b.dtype)   # last one padded
     return lw.panels[key]
 
 

@@ -3,10 +3,11 @@
 Statements are numbered in program order (a loop body inside its loop's range). A
 buffer is live from its first to its last access; a buffer accessed inside a loop
 and also outside it is live for the whole loop, since every iteration needs it
-(carries, stored activations, loop-invariant weights). Buffers whose live ranges do
-not overlap share a slot when they have the same size expression and item size, so
-one binding of the dims fixes the whole layout: `Program.arena_layout` computes the
-slots' byte offsets at call time.
+(carries, stored activations, loop-invariant weights), and so is a product's weights
+in panels, which the loop packs on its first step and reads on every step. Buffers
+whose live ranges do not overlap share a slot when they have the same size expression
+and item size, so one binding of the dims fixes the whole layout:
+`Program.arena_layout` computes the slots' byte offsets at call time.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ def _intervals(body):
     first: dict[int, int] = {}
     last: dict[int, int] = {}
     loops: list[tuple[int, int, set]] = []
+    kept: set = set()       # panels of a loop's products: packed once, read every step
     pos = 0
 
     def visit(stmts) -> set:
@@ -29,6 +31,8 @@ def _intervals(body):
                 loops.append((start, pos, inner))
                 touched |= inner
                 continue
+            if getattr(s, "packed", None) is not None:
+                kept.add(s.packed.buf.id)
             for r in s.refs():
                 b = r.buf
                 if b.kind != "arena":
@@ -42,7 +46,7 @@ def _intervals(body):
     visit(body)
     for start, end, inner in loops:
         for b in inner:
-            if first[b] < start or last[b] >= end:
+            if first[b] < start or last[b] >= end or b in kept:
                 first[b] = min(first[b], start)
                 last[b] = max(last[b], end)
     return first, last

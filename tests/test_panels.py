@@ -60,15 +60,50 @@ def test_per_step_products_get_panels():
         assert tuple(d.const for d in p.packed.shape) == (N.const // nr, K.const, nr)
 
 
+def test_a_width_not_a_multiple_of_the_panels_pads_the_last_panel():
+    """N = 2·NR + 3: three panels, the last with NR − 3 zero columns; the product's
+    output rows are padded alike and read through a view of N columns."""
+    nr = _lane("float64")
+    ins, outs = _recurrence(nr, 2 * nr + 3, "float64")
+    prog = compiler.compile_graph(ag.Graph(ins, outs)).kernel.prog
+    forward = [p for p in _products(prog) if p.b.shape[1].const == 2 * nr + 3]
+    assert len(forward) == 1 and forward[0].packed is not None
+    assert tuple(d.const for d in forward[0].packed.shape) == (3, nr, nr)
+    assert forward[0].out.strides[0].const == 3 * nr
+
+
+def test_panels_keep_their_slot_for_the_whole_loop():
+    """The panels are packed on a loop's first step and read on every step: no other
+    buffer of the loop may share their arena slot (a temp of the same size did, and
+    overwrote them from the second step on)."""
+    x = ag.placeholder("x", ("T", "B", 12))
+    W = ag.placeholder("W", (12, 12))
+    C = ag.placeholder("C", (12, 16))
+    D = ag.placeholder("D", (16, 3))
+
+    def body(s, x_t):
+        z = ag.tanh(C * ag.sum(s))          # 12·16 numbers: as many as W's two panels
+        h = ag.tanh(x_t + s @ W + ag.sum(z @ D) * 1e-3)
+        return h, h
+    _, ys = ag.scan(body, ag.zeros_like(x[0]), x)
+    rng = np.random.default_rng(0)
+    args = [rng.normal(size=(5, 8, 12)), rng.normal(size=(12, 12)) * 0.3,
+            rng.normal(size=(12, 16)), rng.normal(size=(16, 3))]
+    f = ag.function([x, W, C, D], ys, backend="llvm")
+    assert any(p.packed is not None for p in _products(f.runner.kernel.prog))
+    np.testing.assert_allclose(f(*args), ag.function([x, W, C, D], ys)(*args), rtol=1e-12,
+                               atol=1e-14)
+
+
 @pytest.mark.parametrize("threads", [1, None])
 @given(B=st.integers(1, 21), K=st.sampled_from([1, 3, 17, 256, 300, 520]),
-       panels=st.integers(1, 3), dtype=st.sampled_from(["float32", "float64"]),
-       seed=st.integers(0, 2 ** 16))
+       panels=st.integers(1, 3), extra=st.integers(0, 15),
+       dtype=st.sampled_from(["float32", "float64"]), seed=st.integers(0, 2 ** 16))
 @SETTINGS
-def test_tiled_products_match_numpy(threads, B, K, panels, dtype, seed):
-    """The forward product always has panels; the backward one when K is a multiple
-    of NR."""
-    N = max(panels * _lane(dtype), K + (-K) % _lane(dtype))
+def test_tiled_products_match_numpy(threads, B, K, panels, extra, dtype, seed):
+    """The forward product always has panels (the last one padded when N is not a
+    multiple of NR); the backward one when K is at least NR."""
+    N = max(panels * _lane(dtype), K + (-K) % _lane(dtype)) + extra % _lane(dtype)
     ins, outs = _recurrence(K, N, dtype)
     rng = np.random.default_rng(seed)
     args = [rng.standard_normal((3, B, N)).astype(dtype),
