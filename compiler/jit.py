@@ -290,8 +290,6 @@ class Scratch:
         self.arena = self.key = self.layout = self.args = None
 
 
-
-
 class Kernel:
     """A compiled graph. Calling it checks every argument (dtype, shape, symbolic-dim
     bindings, contiguity, alignment) before native code runs, so a bad argument is a

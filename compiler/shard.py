@@ -56,7 +56,8 @@ TRIAL_CALLS = 3          # whole calls timed before deciding (the first pays pag
 SHARDED_TRIALS = 5       # sharded calls timed first (the first ones pay thread start-up),
 SHARDED_TRIAL_SECONDS = 0.15   # and for at least this long: threads a multi-threaded BLAS
 SHARDED_TRIALS_MAX = 64        # call left spinning (~0.1 s) slow the shards meanwhile
-RECHECK_AFTER = 64       # whole calls after a "one thread" verdict before one more race
+RECHECK_AFTER = 64       # whole calls after a "one thread" verdict before it is raced
+                         # again; twice as many after each race that thread count won
 
 
 class NotSeparable(Exception):
@@ -582,7 +583,7 @@ class Sharder:
         self._scratch: list = []     # per worker: arena and pointer arrays
         self._decided: dict = {}     # dims key -> shard count (1 = whole)
         self._recheck: dict = {}     # dims key -> whole calls left before racing again
-        self._rechecked: set = set()  # dims keys raced twice (the second verdict stays)
+        self._raced: dict = {}       # dims key -> races run again so far
 
     def _key(self, dims):
         return tuple(dims.items())
@@ -621,10 +622,11 @@ class Sharder:
         n = min(thread_count(), dims[self.plan.dim])
         fast = whole[1] >= SHARD_MIN_SECONDS and shard[1] < whole[1]
         self._decided[key] = n if fast else 1
-        if not fast and whole[1] >= SHARD_MIN_SECONDS and key not in self._rechecked:
-            # threads of another library's calls just before (a benchmark's references)
-            # can make the shards lose a race they win afterwards: race once more later
-            self._recheck[key] = RECHECK_AFTER
+        if not fast and whole[1] >= SHARD_MIN_SECONDS:
+            # threads of another library's calls just before (a benchmark's references),
+            # or another process on the second core, can make the shards lose a race they
+            # win afterwards: race again later, less and less often
+            self._recheck[key] = RECHECK_AFTER << min(self._raced.get(key, 0), 16)
         log.info("%s: whole call %.0f us, %d shards %.0f us -> %s", self.plan.dim,
                  whole[1] * 1e6, n, shard[1] * 1e6, f"{n} shards" if fast else "one thread")
 
@@ -646,9 +648,11 @@ class Sharder:
 
     def run(self, arrays, dims, shards=None):
         """The kernel's outputs for `arrays`; `shards` forces a shard count."""
-        if shards is None and self._decided.get(tuple(dims.items())) == 1 and not self._recheck:
-            blas_threads.set(None)            # the common case, decided: one thread
-            return self.kernel.run(arrays, dims)
+        if shards is None:
+            key = tuple(dims.items())
+            if self._decided.get(key) == 1 and key not in self._recheck:
+                blas_threads.set(None)        # the common case, decided: one thread
+                return self.kernel.run(arrays, dims)
         n = shards if shards is not None else self.shards_for(dims)
         if n is None:             # still timing: sharded calls, then whole ones
             sharded = self._trial_sharded(dims)
@@ -670,7 +674,8 @@ class Sharder:
 
     def _count_whole(self, dims):
         """A whole call under a "one thread" verdict: after RECHECK_AFTER of them the
-        binding is raced again, once."""
+        binding is raced again (after 2·RECHECK_AFTER if that race too went to one
+        thread, then 4·, …)."""
         key = self._key(dims)
         left = self._recheck.get(key)
         if left is None:
@@ -679,7 +684,7 @@ class Sharder:
             self._recheck[key] = left - 1
             return
         del self._recheck[key]
-        self._rechecked.add(key)
+        self._raced[key] = self._raced.get(key, 0) + 1
         for table in (self._decided, self._trials, self._trial_start):
             table.pop(key, None)
 
