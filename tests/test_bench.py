@@ -41,6 +41,16 @@ def test_flop_count_matches_a_hand_count():
     assert bench.step_flops("lstm", B, T, D, H) == 2 * T * B * (fwd + bwd)
 
 
+def test_bench_takes_sizes_of_your_own(capsys):
+    bench = load()
+    assert bench._size("3, 37,50,100") == (3, 37, 50, 100)
+    for bad in ("1,2,3", "1,2,x,4", "0,2,3,4", "1,2,3,4,5"):
+        with pytest.raises(SystemExit):
+            bench.main(["--size", bad])
+        assert f"{bad!r} is not a size: give four positive integers B,T,D,H" in \
+            capsys.readouterr().err
+
+
 def test_bench_rejects_bad_arguments(capsys):
     bench = load()
     with pytest.raises(SystemExit):
