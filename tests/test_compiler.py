@@ -346,6 +346,30 @@ def _graph():
     return ag.Graph([x], [ag.tanh(x @ np.ones((3, 2))) * 3.0])
 
 
+def test_kernels_without_loop_strength_reduction_agree_and_are_keyed_apart(monkeypatch):
+    """Kernels are emitted with LLVM's loop strength reduction off (`jit.KERNEL_LSR`),
+    the product library with it on; the switch is part of the cache key, and a kernel
+    emitted either way gives the same numbers."""
+    from compiler import jit
+    x = ag.placeholder("x", ("T", "B", 5))
+    W = ag.placeholder("W", (5, 5))
+    _, hs = ag.scan(lambda s, x_t: ((s2 := ag.tanh(x_t + s @ W)), s2),
+                    ag.zeros_like(x[0]), x)
+    loss = ag.sum(hs * hs)
+    graph = ag.Graph([x, W], [loss, *ag.grad(loss, [x, W])])
+    k = compiler.compile_graph(graph).kernel
+    rng = np.random.default_rng(0)
+    args = [rng.normal(size=(6, 4, 5)), rng.normal(size=(5, 5)) * 0.3]
+    keys, outs = set(), []
+    for lsr in (False, True):
+        monkeypatch.setattr(jit, "KERNEL_LSR", lsr)
+        keys.add(jit.cache_key("a program"))
+        outs.append(jit.Kernel(k.graph, k.prog, use_cache=False)(*args))
+    assert len(keys) == 2
+    for a, b in zip(*outs):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
+
+
 def test_cache_hit_after_a_miss(tmp_path):
     first = compiler.compile_graph(_graph())
     second = compiler.compile_graph(_graph())
