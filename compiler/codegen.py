@@ -305,7 +305,7 @@ class Emitter:
         flag = self.pack_flag(s.packed.buf)
         with b.if_then(b.not_(b.load(flag, typ=I1))):
             P, B = s.packed, s.b
-            panels, K, nr = (d.const for d in P.shape)
+            _, K, nr = (d.const for d in P.shape)
             N = B.shape[1].const
             whole, rest = divmod(N, nr)
             if whole:
