@@ -120,7 +120,7 @@ def cache_key(program_digest: str) -> str:
     """Hash of everything the object code depends on: the program (`fingerprint`),
     the code generator and its switches, LLVM, the target CPU."""
     from autograph import __version__
-    from . import blas, codegen, lower, vecmath
+    from . import blas, codegen, lower, rewrite, vecmath
     tm, cpu, features, triple = target_machine()
     h = hashlib.sha256()
     for part in (program_digest, _compiler_digest(), ".".join(map(str, llvm.llvm_version_info)),
@@ -128,7 +128,7 @@ def cache_key(program_digest: str) -> str:
                  repr(sorted(PIPELINE.items())), repr(blas.available()),
                  str(blas.BLAS_MIN_WORK), str(codegen.TOP_TILES_MAX_WORK),
                  str(codegen.TILES_IN_SHARDS), str(lower.PACK_FOR_TILES), str(lower.INPLACE),
-                 str(lower.HISTORY_IN_STACK),
+                 str(lower.HISTORY_IN_STACK), repr(sorted(rewrite.RECOMPUTED)),
                  repr(vecmath.isa()), repr(vecmath.has("expm1", "float64")),
                  str(codegen.TANH_BY_EXPM1), str(codegen.ARRAY_DATA_FIELD), str(KERNEL_LSR),
                  __version__,

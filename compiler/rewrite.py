@@ -517,6 +517,9 @@ def dedupe_outputs(graph: Graph) -> Graph:
 
 # ----------------------------------------------------------------------------- stored activations
 
+RECOMPUTED = {"add", "sub", "mul", "neg"}   # see `store_activations`
+
+
 def store_activations(graph: Graph) -> Graph:
     """Values that the backward pass recomputes for all steps at once from a forward
     scan's stored states (the gates σ(z_t), tanh(c_t), … after `hoist`) are the values
@@ -547,6 +550,13 @@ def store_activations(graph: Graph) -> Graph:
         for t, b in found:
             if id(t) in outputs or any(id(u) not in matched for u in users.get(id(t), [])):
                 frontier[id(t)] = (sid, b)
+        # Arithmetic on values that are stored anyway (1 − z of a GRU's stored gate z)
+        # is not stored as well: `sink` computes it in the loop that reads it, from
+        # the stored values, and a [T, …] stack is saved.
+        for t, _ in found:
+            if (id(t) in frontier and t.op in RECOMPUTED and id(t) not in outputs
+                    and all(id(i) not in matched or id(i) in frontier for i in t.inputs)):
+                del frontier[id(t)]
     new_scans, index_map = {}, {}
 
     def fn(n, ins):

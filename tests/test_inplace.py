@@ -75,6 +75,29 @@ def test_views_that_repeat_an_element_are_not_homes():
 
 # ----------------------------------------------------------------------------- training steps
 
+def test_arithmetic_on_stored_values_is_recomputed_not_stored(monkeypatch):
+    """A GRU's 1 − z is arithmetic on its stored gate z: the backward loop computes it
+    from z (rewrite.RECOMPUTED) instead of the forward loop storing a [T, B, H] stack
+    of it; the gradients agree with the interpreter (1e-12)."""
+    from compiler import rewrite
+    from rnn.workload import training_step
+    D, H, B, T = 8, 16, 3, 5
+    model, data, outs = training_step("gru", D, H)
+    params = list(model.nodes().values())
+    graph = ag.Graph(data + params, outs)
+    dims = {"T": T, "B": B}
+    monkeypatch.setattr(rewrite, "RECOMPUTED", set())
+    stored = _arena(graph, dims, monkeypatch, True)
+    monkeypatch.setattr(rewrite, "RECOMPUTED", {"add", "sub", "mul", "neg"})
+    recomputed = _arena(graph, dims, monkeypatch, True)
+    assert recomputed <= stored - T * B * H * 8
+    rng = np.random.default_rng(2)
+    args = [rng.normal(size=(T, B, D)), rng.normal(size=(T, B, D))]
+    args += list(model.state_dict().values())
+    ref = ag.function(data + params, outs)(*args)
+    _close(ref, ag.function(data + params, outs, backend="llvm")(*args), 1e-12)
+
+
 @pytest.mark.parametrize("kind, saved", [("elman", 1), ("lstm", 4), ("gru", 3)])
 def test_training_steps_store_gates_in_place_and_agree(kind, saved, monkeypatch):
     """The workload's step: the same numbers as the interpreter (1e-12), and `saved`
