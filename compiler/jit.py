@@ -295,8 +295,7 @@ class Scratch:
     """One thread's memory for a kernel's calls: the arena (kept between calls: a fresh
     one would pay the page faults of every temporary again), the argument tables, the
     status words, the layout of the last binding."""
-    __slots__ = ("status", "ins", "ous", "last", "arena", "keep", "key", "layout", "args",
-                 "__weakref__")
+    __slots__ = ("status", "ins", "ous", "last", "arena", "keep", "key", "layout", "args")
 
     def __init__(self):
         self.arena = self.key = self.layout = self.args = None
@@ -379,11 +378,15 @@ class Kernel:
         dims = self.check_args(arrays)
         return self.run(list(arrays), dims)
 
+    def _binding(self, dims) -> tuple:
+        """The values of the program's dims: what a layout is kept under."""
+        return tuple(map(dims.get, self.prog.dims))
+
     def _layout(self, dims) -> "_Layout":
         """Everything a call at this binding of B, T, … needs that does not depend on
         the arrays' contents: arena size and slot offsets, the dims, output specs."""
         prog = self.prog
-        key = tuple(map(dims.get, prog.dims))
+        key = self._binding(dims)
         layout = self._layouts.get(key)
         if layout is None:
             self.check_dims(dims)
@@ -421,7 +424,7 @@ class Kernel:
             sc.last = [None] * len(arrays)   # the arrays whose handles `ins` holds
             sc.ous = (ctypes.c_void_p * max(len(self.prog.outputs), 1))()
             sc.keep = []
-        key = tuple(map(dims.get, self.prog.dims))
+        key = self._binding(dims)
         if key != sc.key:
             layout = sc.layout = self._layout(dims)
             if sc.arena is None or sc.arena.size < layout.nbytes:

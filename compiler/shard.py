@@ -649,7 +649,7 @@ class Sharder:
     def run(self, arrays, dims, shards=None):
         """The kernel's outputs for `arrays`; `shards` forces a shard count."""
         if shards is None:
-            key = tuple(dims.items())
+            key = self._key(dims)
             if self._decided.get(key) == 1 and key not in self._recheck:
                 blas_threads.set(None)        # the common case, decided: one thread
                 return self.kernel.run(arrays, dims)
