@@ -50,6 +50,8 @@ PANEL_KC = 256              # steps of k per pass of the tiles: a block of rows 
 PAR_SPLIT_BYTES = 1 << 18   # bytes of W (N·K·itemsize) from which `dots` is split
 #                             between two threads (256 KB: a float64 Elman step's two
 #                             products, 192 KB, gained −0.3 to +0.9 µs from run to run)
+ROWS_STREAM_BYTES = 1 << 20  # B (K·N·itemsize) from which `rows` streams B's rows
+STREAM_BLOCK_BYTES = 4096   # C's columns per pass of `_rows_stream` (per row of A)
 RETRACT_POLLS = 1 << 12     # polls for a worker to claim a posted half before taking it back
 
 
@@ -317,8 +319,16 @@ class MicroKernels:
     # ------------------------------------------------------------------ rows
 
     def _rows(self, name, dtype):
+        """C = A·B, one row of A at a time, each block of 8 vectors of C's row in
+        registers while k runs down B's rows. For a B of ROWS_STREAM_BYTES or more (out
+        of the caches), `_rows_stream` instead."""
         k_ = _Body(self.module, name, SIGNATURES["rows"], dtype)
         b, L, a = k_.b, k_.width, k_.arg
+        big = b.icmp_signed(">=", b.mul(b.mul(a["k"], a["n"]), k_.c(k_.align)),
+                            k_.c(ROWS_STREAM_BYTES))
+        with b.if_then(big):
+            self._rows_stream(k_)
+            b.ret_void()
         most = vecmath.vector_registers() // 2
         accs = [k_.slots(most, k_.vty, f"acc{sp}_") for sp in range(4)]
         tail = k_.slots(1, k_.ty, "tail")[0]
@@ -374,6 +384,79 @@ class MicroKernels:
             k_.loop(b.sub(a["n"], j0), column, "js")
         k_.loop(a["m"], row, "m")
         return k_.done()
+
+    def _rows_stream(self, k_):
+        """C = A·B for a B too large for the caches: up to 3 rows of A per pass, so B
+        is read once for them; per block of STREAM_BLOCK_BYTES of C's columns, B's rows
+        are streamed two at a time over that block (contiguous runs the prefetcher
+        follows; the register-blocked order above reads 8 vectors of every row of B in
+        turn and missed the cache on each). C's block stays in L1 between the k steps."""
+        b, L, a = k_.b, k_.width, k_.arg
+        cols = STREAM_BLOCK_BYTES // k_.align
+        zero_i = k_.c(0)
+
+        def group(i0, mr):
+            a_rows = [k_.at(a["A"], b.mul(b.add(i0, k_.c(r)), a["sa0"])) for r in range(mr)]
+            c_rows = [k_.at(a["C"], b.mul(b.add(i0, k_.c(r)), a["sc0"])) for r in range(mr)]
+
+            def block(jb):
+                j0 = b.mul(jb, k_.c(cols))
+                rest = b.sub(a["n"], j0)
+                width = b.select(b.icmp_signed("<", rest, k_.c(cols)), rest, k_.c(cols))
+                vecs = b.sdiv(width, k_.c(L))
+                tail0 = b.add(j0, b.mul(vecs, k_.c(L)))
+                tail = b.sub(b.add(j0, width), tail0)
+                for r in range(mr):
+                    k_.loop(vecs, lambda v, r=r: b.store(
+                        k_.zero_v, k_.at(c_rows[r], b.add(j0, b.mul(v, k_.c(L)))),
+                        align=k_.align), "zv")
+                    k_.loop(tail, lambda t, r=r: b.store(
+                        k_.zero, k_.at(c_rows[r], b.add(tail0, t))), "zt")
+
+                def update(k0, ks):
+                    """C[:, block] += A[:, k0 : k0 + ks] · B[k0 : k0 + ks, block]."""
+                    xs = [[k_.scalar(a_rows[r], b.mul(b.add(k0, k_.c(u)), a["sa1"]))
+                           for u in range(ks)] for r in range(mr)]
+                    xv = [[k_.splat(x) for x in row] for row in xs]
+                    w_rows = [k_.at(a["B"], b.add(b.mul(b.add(k0, k_.c(u)), a["sb0"]), j0))
+                              for u in range(ks)]
+
+                    def vec(v):
+                        off = b.mul(v, k_.c(L))
+                        w = [k_.vector(w_rows[u], off) for u in range(ks)]
+                        for r in range(mr):
+                            p = k_.at(c_rows[r], b.add(j0, off))
+                            c = b.load(p, typ=k_.vty, align=k_.align)
+                            for u in range(ks):
+                                c = b.call(k_.fma, [xv[r][u], w[u], c])
+                            b.store(c, p, align=k_.align)
+                    k_.loop(vecs, vec, "sv")
+
+                    def scalar(t):
+                        j = b.sub(b.add(tail0, t), j0)
+                        w = [k_.scalar(w_rows[u], j) for u in range(ks)]
+                        for r in range(mr):
+                            p = k_.at(c_rows[r], b.add(tail0, t))
+                            c = b.load(p, typ=k_.ty)
+                            for u in range(ks):
+                                c = b.fadd(c, b.fmul(xs[r][u], w[u]))
+                            b.store(c, p)
+                    k_.loop(tail, scalar, "st")
+                pairs = b.sdiv(a["k"], k_.c(2))
+                k_.loop(pairs, lambda kp: update(b.mul(kp, k_.c(2)), 2), "kp")
+                with b.if_then(b.icmp_signed("!=", b.srem(a["k"], k_.c(2)), zero_i)):
+                    update(b.sub(a["k"], k_.c(1)), 1)
+            blocks = b.sdiv(b.add(a["n"], k_.c(cols - 1)), k_.c(cols))
+            k_.loop(blocks, block, "jb")
+
+        threes = b.sdiv(a["m"], k_.c(3))
+        k_.loop(threes, lambda g: group(b.mul(g, k_.c(3)), 3), "g3")
+        left = b.srem(a["m"], k_.c(3))
+        done = b.mul(threes, k_.c(3))
+        with b.if_then(b.icmp_signed("==", left, k_.c(2))):
+            group(done, 2)
+        with b.if_then(b.icmp_signed("==", left, k_.c(1))):
+            group(done, 1)
 
     # ------------------------------------------------------------------ dots
 

@@ -675,3 +675,16 @@ def test_float64_tanh_within_five_ulp_of_numpy():
     ulps = np.abs(got - want) / np.spacing(np.abs(want))
     assert ulps.max() <= 5, ulps.max()
     assert np.array_equal(np.signbit(f(np.array([-0.0, 0.0]))[0]), [True, False])
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (5, 7), (31, 33), (64, 32), (100, 3), (70, 129)])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_transposing_copies_run_in_tiles(shape, dtype):
+    """A map that reads its operand down the columns (a transposed weight made
+    contiguous) loops over TILE × TILE blocks, partial blocks at both edges."""
+    from compiler.codegen import emit_text
+    x = ag.placeholder("x", shape, dtype)
+    f = ag.function([x], [ag.transpose(x) * 2.0], backend="llvm")
+    v = np.random.default_rng(1).standard_normal(shape).astype(dtype)
+    np.testing.assert_array_equal(f(v)[0], (v.T * 2).astype(dtype))
+    assert '"ti.body"' in emit_text(f.runner.kernel.prog)

@@ -73,6 +73,29 @@ def test_rows(library, M, N, K, dtype, a_t, seed):
     assert (big[:, 0] == 7).all() and (big[:, N + 1:] == 7).all()   # nothing else written
 
 
+@given(M=st.integers(0, 8), N=st.integers(1, 1200), dtype=DTYPES, a_t=st.booleans(),
+       odd_k=st.booleans(), seed=st.integers(0, 2 ** 16))
+@settings(max_examples=25, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+def test_rows_streaming_a_large_b(library, M, N, dtype, a_t, odd_k, seed):
+    """B of ROWS_STREAM_BYTES or more: `_rows_stream` (groups of 3, 2 and 1 rows; column
+    blocks, full and partial; vector and scalar columns; an odd K's last row)."""
+    item = np.dtype(dtype).itemsize
+    K = -(-microkernels.ROWS_STREAM_BYTES // (N * item)) + odd_k   # at the threshold
+    assert K * N * item >= microkernels.ROWS_STREAM_BYTES
+    rng = np.random.default_rng(seed)
+    A = _operand(rng, (M, K), dtype, a_t)
+    B = rng.standard_normal((K, N)).astype(dtype)
+    big = np.full((M, N + 3), 7.0, dtype)
+    C = big[:, 1:N + 1]
+    library["rows", dtype](M, N, K, _ptr(A), *_strides(A), _ptr(B), _strides(B)[0],
+                           _ptr(C), _strides(C)[0])
+    want = A.astype(np.float64) @ B.astype(np.float64)
+    tol = dict(rtol=1e-12, atol=1e-11) if dtype == "float64" else dict(rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(C, want, **tol)
+    assert (big[:, 0] == 7).all() and (big[:, N + 1:] == 7).all()   # nothing else written
+
+
 @given(M=st.integers(0, 5), N=st.integers(0, 40), K=st.integers(0, 70), dtype=DTYPES,
        c_t=st.booleans(), seed=st.integers(0, 2 ** 16))
 @SETTINGS
