@@ -24,8 +24,8 @@ import re
 
 from . import blas, mathfn, microkernels, vecmath
 from .expr import Expr
-from .loopir import (Apply, Check, Const, Fused, Gather, Iota, Load, Loop, Map, MatMul,
-                     Program, Reduce, Ref, ScatterAdd, tree_nodes, tree_refs, walk)
+from .loopir import (ITEMSIZE, Apply, Check, Const, Fused, Gather, Iota, Load, Loop, Map,
+                     MatMul, Program, Reduce, Ref, ScatterAdd, tree_nodes, tree_refs, walk)
 
 I1, I8, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(64)
 F32, F64 = ir.FloatType(), ir.DoubleType()
@@ -232,8 +232,12 @@ class Emitter:
 
     def emit_Map(self, s: Map):
         shape = self.collapsed(s.out.shape, s.refs(), [s.tree])
-        nest = self.tiled_nest if self._transposes(s, shape) else self.nest
-        nest(shape, lambda idx: self.store(s.out, idx, self.val(s.tree, idx)))
+        def element(idx):
+            self.store(s.out, idx, self.val(s.tree, idx))
+        if self._transposes(s, shape):
+            self.tiled_nest(shape, element, ITEMSIZE[s.out.dtype])
+        else:
+            self.nest(shape, element)
         self.strides = {}
 
     def _transposes(self, s: Map, shape) -> bool:
@@ -251,15 +255,17 @@ class Emitter:
                 return True
         return False
 
-    def tiled_nest(self, shape, fn):
-        """`nest` over a 2-D shape in TILE × TILE blocks: an operand read down its
-        columns then touches TILE cache lines per block, which stay in L1 while the
-        block's rows are written, where a row-by-row order missed the cache (and the
-        TLB) on every element of a large transposed weight (measured: H = 1024 float64,
-        a 32 MB copy took 75 ms)."""
+    def tiled_nest(self, shape, fn, itemsize):
+        """`nest` over a 2-D shape in blocks of one cache line by one cache line
+        (8 × 8 float64, 16 × 16 float32): each line a block reads down the columns or
+        writes along the rows is used whole within the block, so no line has to stay
+        in L1 between blocks. A row-by-row order missed the cache and the TLB on every
+        element of a large transposed weight (H = 1024 float64: a 32 MB copy took
+        75 ms), and larger blocks (32 × 32) thrashed L1's sets at power-of-two strides."""
         b = self.b
         rows, cols = self.ex(shape[0]), self.ex(shape[1])
-        tile = self.i64(TILE)
+        size = LINE_BYTES // itemsize
+        tile = self.i64(size)
 
         def span(total, start):
             rest = b.sub(total, start)
@@ -269,7 +275,7 @@ class Emitter:
             i0, j0 = b.mul(ti, tile), b.mul(tj, tile)
             self.loop(span(rows, i0), lambda i: self.loop(
                 span(cols, j0), lambda j: fn((b.add(i0, i), b.add(j0, j))), "tj0"), "ti0")
-        up = self.i64(TILE - 1)
+        up = self.i64(size - 1)
         self.loop(b.sdiv(b.add(rows, up), tile), lambda ti: self.loop(
             b.sdiv(b.add(cols, up), tile), lambda tj: block(ti, tj), "tj"), "ti")
 
@@ -775,7 +781,7 @@ def _sigmoid(em, x, ty):
     return b.fdiv(b.select(b.fcmp_ordered(">=", x, ir.Constant(ty, 0.0)), one, e), d)
 
 
-TILE = 32     # the blocks of a transposing copy (`Emitter.tiled_nest`)
+LINE_BYTES = 64   # a cache line: the blocks of a transposing copy (`Emitter.tiled_nest`)
 TANH_BY_EXPM1 = True    # float64 tanh as expm1(2|x|) / (expm1(2|x|) + 2) (see _tanh)
 # exp and expm1 written out in IR (`mathfn`) even where libmvec has them. Off: on the
 # machine measured (Zen 1) libmvec's were as fast or faster (tiny steps 0.96–1.04x) and
