@@ -51,7 +51,7 @@ PAR_SPLIT_BYTES = 1 << 18   # bytes of W (N·K·itemsize) from which `dots` is s
 #                             between two threads (256 KB: a float64 Elman step's two
 #                             products, 192 KB, gained −0.3 to +0.9 µs from run to run)
 ROWS_STREAM_BYTES = 1 << 20  # B (K·N·itemsize) from which `rows` streams B's rows
-STREAM_BLOCK_BYTES = 4096   # C's columns per pass of `_rows_stream` (per row of A)
+STREAM_BLOCK_BYTES = 1 << 16  # C's columns per pass of `_rows_stream` (per row of A): in L2
 RETRACT_POLLS = 1 << 12     # polls for a worker to claim a posted half before taking it back
 
 
@@ -387,10 +387,12 @@ class MicroKernels:
 
     def _rows_stream(self, k_):
         """C = A·B for a B too large for the caches: up to 3 rows of A per pass, so B
-        is read once for them; per block of STREAM_BLOCK_BYTES of C's columns, B's rows
-        are streamed two at a time over that block (contiguous runs the prefetcher
+        is read once for them; B's rows are streamed two at a time, each over a block
+        of STREAM_BLOCK_BYTES of C's columns (long contiguous runs that the prefetcher
         follows; the register-blocked order above reads 8 vectors of every row of B in
-        turn and missed the cache on each). C's block stays in L1 between the k steps."""
+        turn and missed the cache on each). C's block stays in L2 between the k steps.
+        Measured on one thread, B 32 MB: 16 GB/s for one row, 14 for two (4 KB blocks:
+        13 and 11; the register-blocked order: ~3.5)."""
         b, L, a = k_.b, k_.width, k_.arg
         cols = STREAM_BLOCK_BYTES // k_.align
         zero_i = k_.c(0)
