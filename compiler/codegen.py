@@ -242,9 +242,14 @@ class Emitter:
 
     def _transposes(self, s: Map, shape) -> bool:
         """A 2-D map that writes rows and reads some operand down its columns (a
-        transposed copy of a weight, `lower.contiguous`)."""
+        transposed copy of a weight, `lower.contiguous`), of TILED_COPY_BYTES or more
+        (smaller ones stay row by row: the blocks' loops took ~70 ms more of LLVM's time
+        for an LSTM step at H = 128, whose copies are in L2 either way)."""
         if len(shape) != 2:
             return False
+        size = shape[0] * shape[1] * ITEMSIZE[s.out.dtype]
+        if size.is_const and size.const < TILED_COPY_BYTES:
+            return False            # in the caches anyway; the blocks cost compile time
         one = Expr.of(1)
         out = self.strides.get(id(s.out), s.out.strides)
         if out[-1] != one:
@@ -782,6 +787,7 @@ def _sigmoid(em, x, ty):
 
 
 LINE_BYTES = 64   # a cache line: the blocks of a transposing copy (`Emitter.tiled_nest`)
+TILED_COPY_BYTES = 1 << 20   # ... of copies this large or larger
 TANH_BY_EXPM1 = True    # float64 tanh as expm1(2|x|) / (expm1(2|x|) + 2) (see _tanh)
 # exp and expm1 written out in IR (`mathfn`) even where libmvec has them. Off: on the
 # machine measured (Zen 1) libmvec's were as fast or faster (tiny steps 0.96–1.04x) and

@@ -681,10 +681,23 @@ def test_float64_tanh_within_five_ulp_of_numpy():
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_transposing_copies_run_in_tiles(shape, dtype):
     """A map that reads its operand down the columns (a transposed weight made
-    contiguous) loops over TILE × TILE blocks, partial blocks at both edges."""
+    contiguous) loops over blocks of a cache line by a cache line, partial blocks at
+    both edges, when it may be large (here: sizes known at run time only)."""
     from compiler.codegen import emit_text
-    x = ag.placeholder("x", shape, dtype)
+    x = ag.placeholder("x", ("R", "C"), dtype)
     f = ag.function([x], [ag.transpose(x) * 2.0], backend="llvm")
     v = np.random.default_rng(1).standard_normal(shape).astype(dtype)
     np.testing.assert_array_equal(f(v)[0], (v.T * 2).astype(dtype))
     assert '"ti.body"' in emit_text(f.runner.kernel.prog)
+
+
+def test_small_transposing_copies_stay_row_by_row():
+    from compiler import codegen
+    from compiler.codegen import emit_text
+    rows = codegen.TILED_COPY_BYTES // 8 // 64
+    for shape, tiled in [((64, rows - 1), False), ((64, rows), True)]:
+        x = ag.placeholder("x", shape)
+        f = ag.function([x], [ag.transpose(x) * 2.0], backend="llvm")
+        v = np.random.default_rng(2).standard_normal(shape)
+        np.testing.assert_array_equal(f(v)[0], v.T * 2)
+        assert ('"ti.body"' in emit_text(f.runner.kernel.prog)) is tiled
