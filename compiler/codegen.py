@@ -232,6 +232,7 @@ class Emitter:
 
     def emit_Map(self, s: Map):
         shape = self.collapsed(s.out.shape, s.refs(), [s.tree])
+
         def element(idx):
             self.store(s.out, idx, self.val(s.tree, idx))
         if self._transposes(s, shape):
