@@ -305,6 +305,14 @@ class Emitter:
         self.strides = {}
 
     def emit_Reduce(self, s: Reduce):
+        if REDUCE_IN_REGISTERS and s.kind == "sum" and s.out.dtype in FLOATS and s.shape:
+            shape = self.collapsed(s.shape, s.refs(), [s.tree])
+            if self.strides.get(id(s.out), s.out.strides)[-1] == Expr.of(0):
+                self._reduce_inner(s, shape)
+                self.strides = {}
+                return
+            self.strides = {}
+
         def step(idx):
             v = self.val(s.tree, idx)
             p = self.ptr(s.out, idx)
@@ -316,6 +324,30 @@ class Emitter:
                 new = maximum(self, old, v, dtype)
             self.tag(self.b.store(new, p), s.out.buf)
         self.nest(s.shape, step)
+
+    def _reduce_inner(self, s: Reduce, shape):
+        """A float sum along the innermost (collapsed) axis: accumulated in a register
+        with reassociation allowed, so that the loop vectorizer keeps a vector of
+        partial sums, then added to out once per outer index. Summing through out's
+        memory made a chain of dependent load-add-stores: a squared-error loss over
+        [8, 16, 1024] took ~0.35 ms. The partial sums are no less accurate than the
+        sequential order (NumPy's own sum is pairwise)."""
+        b, ty = self.b, REG[s.out.dtype]
+        with b.goto_entry_block():
+            acc = b.alloca(ty, name="sum")
+
+        def outer(idx):
+            b.store(ir.Constant(ty, 0.0), acc)
+
+            def inner(j):
+                total = b.fadd(b.load(acc, typ=ty), self.val(s.tree, idx + (j,)))
+                total.flags.append("reassoc")
+                b.store(total, acc)
+            self.loop(self.ex(shape[-1]), inner, "r")
+            p = self.ptr(s.out, idx + (self.i64(0),))
+            old = self.tag(b.load(p, typ=MEM[s.out.dtype]), s.out.buf)
+            self.tag(b.store(b.fadd(old, b.load(acc, typ=ty)), p), s.out.buf)
+        self.nest(shape[:-1], outer)
 
     def emit_MatMul(self, s: MatMul):
         """
@@ -789,6 +821,7 @@ def _sigmoid(em, x, ty):
 
 LINE_BYTES = 64   # a cache line: the blocks of a transposing copy (`Emitter.tiled_nest`)
 TILED_COPY_BYTES = 1 << 20   # ... of copies this large or larger
+REDUCE_IN_REGISTERS = True   # float sums along the innermost axis: `_reduce_inner`
 TANH_BY_EXPM1 = True    # float64 tanh as expm1(2|x|) / (expm1(2|x|) + 2) (see _tanh)
 # exp and expm1 written out in IR (`mathfn`) even where libmvec has them. Off: on the
 # machine measured (Zen 1) libmvec's were as fast or faster (tiny steps 0.96–1.04x) and

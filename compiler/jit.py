@@ -131,7 +131,8 @@ def cache_key(program_digest: str) -> str:
                  str(lower.HISTORY_IN_STACK), repr(sorted(rewrite.RECOMPUTED)),
                  repr(vecmath.isa()), repr(vecmath.has("expm1", "float64")),
                  str(codegen.TANH_BY_EXPM1), str(codegen.INLINE_EXP), str(codegen.ARRAY_DATA_FIELD),
-                 str(codegen.LINE_BYTES), str(codegen.TILED_COPY_BYTES), str(KERNEL_LSR),
+                 str(codegen.LINE_BYTES), str(codegen.TILED_COPY_BYTES),
+                 str(codegen.REDUCE_IN_REGISTERS), str(KERNEL_LSR),
                  __version__,
                  CACHE_FORMAT.decode()):
         h.update(part.encode())

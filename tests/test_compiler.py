@@ -701,3 +701,24 @@ def test_small_transposing_copies_stay_row_by_row():
         v = np.random.default_rng(2).standard_normal(shape)
         np.testing.assert_array_equal(f(v)[0], v.T * 2)
         assert ('"ti.body"' in emit_text(f.runner.kernel.prog)) is tiled
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_sums_along_the_innermost_axis_accumulate_in_registers(dtype):
+    """Sums whose reduced axes are innermost (a loss over every element, a row sum)
+    run as vectorized partial sums (reassociated), against NumPy; other sums (over
+    leading axes) keep the per-element order. The shapes cover empty, odd and long
+    rows, and a transposed operand that does not collapse."""
+    from compiler.codegen import emit_text
+    x = ag.placeholder("x", ("N", "M"), dtype)
+    outs = [ag.sum(x * x), ag.sum(x, axis=1), ag.sum(x, axis=0), ag.sum(ag.transpose(x), axis=1)]
+    f = ag.function([x], outs, backend="llvm")
+    rng = np.random.default_rng(4)
+    tol = dict(rtol=1e-13, atol=1e-13) if dtype == "float64" else dict(rtol=2e-5, atol=2e-5)
+    for shape in [(1, 1), (3, 0), (0, 3), (5, 7), (37, 1001), (2, 100003)]:
+        v = rng.standard_normal(shape).astype(dtype)
+        got = f(v)
+        for g, w in zip(got, [(v * v).sum(), v.sum(1), v.sum(0), v.T.sum(1)]):
+            scale = max(1.0, float(np.abs(w).max())) if np.size(w) else 1.0
+            np.testing.assert_allclose(np.asarray(g) / scale, np.asarray(w) / scale, **tol)
+    assert '"r.body"' in emit_text(f.runner.kernel.prog)
