@@ -237,9 +237,28 @@ class Emitter:
             self.store(s.out, idx, self.val(s.tree, idx))
         if self._transposes(s, shape):
             self.tiled_nest(shape, element, ITEMSIZE[s.out.dtype])
+        elif self._reads_down_columns(s, shape):
+            # a small transposing copy whose rows are shorter than its operand's: walk
+            # the operand along its rows instead (e.g. out [1024, 64] from W [64, 1024]:
+            # reading W down its columns strode 4 KB, every load in one L1 set)
+            self.nest((shape[1], shape[0]), lambda idx: element((idx[1], idx[0])))
         else:
             self.nest(shape, element)
         self.strides = {}
+
+    def _reads_down_columns(self, s: Map, shape) -> bool:
+        """A 2-D map writing rows of constant length that reads an operand whose row
+        stride is longer (see emit_Map)."""
+        if len(shape) != 2:
+            return False
+        out = self.strides.get(id(s.out), s.out.strides)
+        if out[1] != Expr.of(1) or not out[0].is_const:
+            return False
+        for r in tree_refs(s.tree):
+            st = self.strides.get(id(r), r.strides)
+            if (st[0] == Expr.of(1) and st[1].is_const and st[1].const > out[0].const):
+                return True
+        return False
 
     def _transposes(self, s: Map, shape) -> bool:
         """A 2-D map that writes rows and reads some operand down its columns (a

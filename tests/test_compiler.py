@@ -722,3 +722,22 @@ def test_sums_along_the_innermost_axis_accumulate_in_registers(dtype):
             scale = max(1.0, float(np.abs(w).max())) if np.size(w) else 1.0
             np.testing.assert_allclose(np.asarray(g) / scale, np.asarray(w) / scale, **tol)
     assert '"r.body"' in emit_text(f.runner.kernel.prog)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_small_transposing_copies_walk_the_operand_along_its_rows(dtype, monkeypatch):
+    """A copy out [1024, 64] of Wᵀ with W [64, 1024] (below the tiled size) loops over
+    W's rows; [64, 1024] from W [1024, 64] keeps out's order. Both equal NumPy's."""
+    from compiler import codegen
+    seen = []
+    orig = codegen.Emitter._reads_down_columns
+    monkeypatch.setattr(codegen.Emitter, "_reads_down_columns",
+                        lambda self, s, shape: seen.append(orig(self, s, shape)) or seen[-1])
+    rng = np.random.default_rng(5)
+    for shape, swapped in [((64, 1024), True), ((1024, 64), False), ((3, 50), True)]:
+        seen.clear()
+        x = ag.placeholder("x", shape, dtype)
+        f = ag.function([x], [ag.transpose(x) * 2.0], backend="llvm")
+        v = rng.standard_normal(shape).astype(dtype)
+        np.testing.assert_array_equal(f(v)[0], (v.T * 2).astype(dtype))
+        assert any(seen) is swapped, (shape, seen)
