@@ -246,39 +246,30 @@ class Emitter:
             self.nest(shape, element)
         self.strides = {}
 
-    def _reads_down_columns(self, s: Map, shape) -> bool:
-        """A 2-D map writing rows of constant length that reads an operand whose row
-        stride is longer (see emit_Map)."""
-        if len(shape) != 2:
-            return False
-        out = self.strides.get(id(s.out), s.out.strides)
-        if out[1] != Expr.of(1) or not out[0].is_const:
-            return False
-        for r in tree_refs(s.tree):
-            st = self.strides.get(id(r), r.strides)
-            if (st[0] == Expr.of(1) and st[1].is_const and st[1].const > out[0].const):
-                return True
-        return False
+    def _column_reads(self, s: Map, shape) -> list:
+        """For a 2-D map writing contiguous rows: the row strides of the operands it
+        reads down their columns (unit stride along out's rows); else []."""
+        if len(shape) != 2 or self.strides.get(id(s.out), s.out.strides)[1] != Expr.of(1):
+            return []
+        reads = (self.strides.get(id(r), r.strides) for r in tree_refs(s.tree))
+        return [st[1] for st in reads
+                if st[0] == Expr.of(1) and st[1] not in (Expr.of(1), Expr.of(0))]
 
     def _transposes(self, s: Map, shape) -> bool:
-        """A 2-D map that writes rows and reads some operand down its columns (a
-        transposed copy of a weight, `lower.contiguous`), of TILED_COPY_BYTES or more
-        (smaller ones stay row by row: the blocks' loops took ~70 ms more of LLVM's time
-        for an LSTM step at H = 128, whose copies are in L2 either way)."""
-        if len(shape) != 2:
+        """A transposed copy of a weight (`lower.contiguous`) of TILED_COPY_BYTES or
+        more (smaller ones stay row by row: the blocks' loops took ~70 ms more of LLVM's
+        time for an LSTM step at H = 128, whose copies are in L2 either way)."""
+        if not self._column_reads(s, shape):
             return False
         size = shape[0] * shape[1] * ITEMSIZE[s.out.dtype]
-        if size.is_const and size.const < TILED_COPY_BYTES:
-            return False            # in the caches anyway; the blocks cost compile time
-        one = Expr.of(1)
-        out = self.strides.get(id(s.out), s.out.strides)
-        if out[-1] != one:
-            return False
-        for r in tree_refs(s.tree):
-            st = self.strides.get(id(r), r.strides)
-            if st[0] == one and st[1] != one and st[1] != Expr.of(0):
-                return True
-        return False
+        return not (size.is_const and size.const < TILED_COPY_BYTES)
+
+    def _reads_down_columns(self, s: Map, shape) -> bool:
+        """A smaller such copy whose rows are shorter than its operand's (see emit_Map)."""
+        reads = self._column_reads(s, shape)
+        row = self.strides.get(id(s.out), s.out.strides)[0] if reads else None
+        return bool(reads) and row.is_const and any(st.is_const and st.const > row.const
+                                                    for st in reads)
 
     def tiled_nest(self, shape, fn, itemsize):
         """`nest` over a 2-D shape in blocks of one cache line by one cache line
