@@ -510,7 +510,9 @@ class Emitter:
                 if self._dots_apply(s):
                     self._matmul_dots(s)
                 else:
-                    self._matmul_loops(s)
+                    # below BLAS_MIN_WORK here when M > ROWS_MAX_ROWS
+                    few = not out.shape[-2].is_const or out.shape[-2].const <= ROWS_MAX_ROWS
+                    self._matmul_loops(s, None if few else blas.BLAS_MIN_WORK)
 
     def _dots_apply(self, s: MatMul) -> bool:
         return dots_apply(s)
@@ -581,8 +583,10 @@ class Emitter:
                              self.ex(ldc)])
         self.nest(out.shape[:nb], call)
 
-    def _matmul_loops(self, s: MatMul):
-        if self._matmul_rows(s):
+    def _matmul_loops(self, s: MatMul, work_below=None):
+        """The product in loops (`rows` where it applies); `work_below`: M·N·K is
+        known to be less than that here."""
+        if self._matmul_rows(s, work_below):
             return
         out, A, B = s.out, s.a, s.b
         nb = out.ndim - 2
@@ -608,21 +612,40 @@ class Emitter:
             self.loop(self.ex(M), row, "m")
         self.nest(out.shape[:nb], per_batch)
 
-    def _matmul_rows(self, s: MatMul) -> bool:
+    def _matmul_rows(self, s: MatMul, work_below=None) -> bool:
         """Rows of out held in vector registers (`microkernels.rows`), per batch; for
-        float products whose B and out have contiguous rows."""
+        float products whose B and out have contiguous rows. `work_below`: a bound on
+        M·N·K (B is then at most work_below / M elements)."""
         out, A, B = s.out, s.a, s.b
         zero = self.i64(0)
         if not rows_apply(s):
             return False
 
+        # A B of ROWS_STREAM_BYTES or more is streamed (`microkernels.rows_stream`),
+        # chosen here, so that kernels without such a product never build that kernel.
+        size = A.shape[-1] * out.shape[-1] * ITEMSIZE[out.dtype]
+        limit = microkernels.ROWS_STREAM_BYTES
+        M = out.shape[-2]
+        if (work_below is not None and M.is_const and M.const > 0
+                and work_below * ITEMSIZE[out.dtype] <= limit * M.const):
+            size = Expr.of(0)       # B < work_below / M elements: never streamed
+
         def call(bidx):
-            self.b.call(self.micro("rows", out.dtype), [
-                self.ex(out.shape[-2]), self.ex(out.shape[-1]), self.ex(A.shape[-1]),
-                self.ptr(A, bidx + (zero, zero)), self.ex(A.strides[-2]),
-                self.ex(A.strides[-1]), self.ptr(B, bidx + (zero, zero)),
-                self.ex(B.strides[-2]), self.ptr(out, bidx + (zero, zero)),
-                self.ex(out.strides[-2])])
+            args = [self.ex(out.shape[-2]), self.ex(out.shape[-1]), self.ex(A.shape[-1]),
+                    self.ptr(A, bidx + (zero, zero)), self.ex(A.strides[-2]),
+                    self.ex(A.strides[-1]), self.ptr(B, bidx + (zero, zero)),
+                    self.ex(B.strides[-2]), self.ptr(out, bidx + (zero, zero)),
+                    self.ex(out.strides[-2])]
+            if size.is_const:
+                kind = "rows_stream" if size.const >= limit else "rows"
+                self.b.call(self.micro(kind, out.dtype), args)
+                return
+            big = self.b.icmp_signed(">=", self.ex(size), self.i64(limit))
+            with self.b.if_else(big) as (then, otherwise):
+                with then:
+                    self.b.call(self.micro("rows_stream", out.dtype), args)
+                with otherwise:
+                    self.b.call(self.micro("rows", out.dtype), args)
         self.nest(out.shape[:out.ndim - 2], call)
         return True
 

@@ -198,35 +198,46 @@ def cache_store(key: str, payload: bytes, prefix: str = "") -> None:
 # ----------------------------------------------------------------------------- kernels
 
 _KERNEL_T = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 6)
-_library: bytes | None = None
+_library: dict = {}          # (kind, dtype) -> object code of that product kernel
 LIBRARY_PREFIX = "library-"
-library_seconds = 0.0       # what building the product-kernel library took (0: cache)
+library_seconds = 0.0       # what building product kernels took in this process (0: cache)
 
 
-def library_object() -> bytes:
-    """The object code of the product kernels every kernel calls (`microkernels`):
-    built once per host and compiler version and cached on disk like a kernel, then
-    kept for the process; each engine loads it next to its kernel."""
-    global _library, library_seconds
+def library_key(kind: str, dtype: str) -> str:
+    return cache_key(f"microkernel {kind} {dtype}")
+
+
+def library_object(kind: str, dtype: str) -> bytes:
+    """The object code of one product kernel (`microkernels`) for one dtype: built the
+    first time a kernel calls it (once per host and compiler version: cached on disk
+    like a kernel as `library-<key>.o`), then kept for the process."""
+    global library_seconds
     with _lock:
-        if _library is None:
-            from .microkernels import library_ir
-            key = cache_key("microkernel library")
+        obj = _library.get((kind, dtype))
+        if obj is None:
+            from .microkernels import unit_ir
+            key = library_key(kind, dtype)
             obj = cache_load(key, LIBRARY_PREFIX)
             if obj is None:
                 t0 = time.perf_counter()
-                obj = emit(optimize(library_ir()), lsr=True)
-                library_seconds = time.perf_counter() - t0
+                obj = emit(optimize(unit_ir(kind, dtype)), lsr=True)
+                library_seconds += time.perf_counter() - t0
                 cache_store(key, obj, LIBRARY_PREFIX)
-            _library = obj
-        return _library
+            _library[kind, dtype] = obj
+        return obj
+
+
+def library_objects(obj: bytes) -> list:
+    """The object code of every product kernel that the object `obj` calls (and of the
+    ones those call), to load next to it."""
+    from .microkernels import called_by
+    return [library_object(kind, dtype) for kind, dtype in called_by(obj)]
 
 
 def jit(prog: Program, use_cache: bool = True, obj: bytes | None = None):
     """(engine, function address, seconds spent in code generation and in LLVM,
     whether the cache answered, the object code). The LLVM IR is generated only on a
     cache miss; `obj`, when given, is the program's object code (a graph-level hit)."""
-    library = library_object()      # built outside the kernel's compile time
     t0 = time.perf_counter()
     given = obj is not None
     key = cache_key(fingerprint(prog)) if use_cache and not given else None
@@ -241,15 +252,22 @@ def jit(prog: Program, use_cache: bool = True, obj: bytes | None = None):
         obj = emit(optimize(ir_text), lsr=KERNEL_LSR)
         if key is not None:
             cache_store(key, obj)
+    seconds = time.perf_counter() - t0 - codegen
+    # the product kernels it calls: built outside the kernel's compile time, the first
+    # time a kernel calls them (then from the cache)
+    library = library_objects(obj)
     # An execution engine owns (and frees) its target machine: give it its own.
+    t1 = time.perf_counter()
     engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), _new_target_machine())
-    engine.add_object_file(llvm.ObjectFileRef.from_data(library))
+    for part in library:
+        engine.add_object_file(llvm.ObjectFileRef.from_data(part))
     engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
     engine.finalize_object()
     addr = engine.get_function_address("kernel")
     if not addr:
         raise BackendError("the compiled object has no kernel function")
-    return engine, addr, codegen, time.perf_counter() - t0 - codegen, hit, obj
+    seconds += time.perf_counter() - t1
+    return engine, addr, codegen, seconds, hit, obj
 
 
 def _slow_data_ptr(a: np.ndarray) -> int:

@@ -1,9 +1,10 @@
 """The product kernels shared by every matrix product of a module.
 
-Each kind is emitted once per dtype as an internal, never-inlined function with run-time
-sizes and strides, and every product that takes that path calls it. Before, each
-product carried its own copy of each fallback path: products were 86% of the LLVM IR of
-an LSTM training step, and LLVM's time grows with the IR it is given.
+Each kind is emitted once per dtype as a never-inlined function with run-time sizes and
+strides, and every product that takes that path calls it. Before, each product carried
+its own copy of each fallback path: products were 86% of the LLVM IR of an LSTM training
+step, and LLVM's time grows with the IR it is given. Each (kind, dtype) is compiled on
+its own, the first time a kernel calls it (`unit_ir`, `jit.library_objects`).
 
     rows(M, N, K, A, sa0, sa1, B, sb0, C, sc0)
         C[i, j] = Σ_k A[i·sa0 + k·sa1] · B[k·sb0 + j]      (rows of B and C contiguous)
@@ -12,6 +13,10 @@ an LSTM training step, and LLVM's time grows with the IR it is given.
         registers (8 with AVX2, 16 with AVX-512), then of 4, 2, 1 vectors (more
         accumulator sets over k for narrow blocks, to hide the latency of the
         multiply-add), then scalar columns.
+
+    rows_stream(<the arguments of rows>)
+        rows for a B of ROWS_STREAM_BYTES or more: up to 3 rows of A per pass over B,
+        B's rows streamed two at a time over blocks of C's columns that stay in L2.
 
     dots(M, N, K, A, sa0, B, sb1, C, sc0, sc1)
         C[i·sc0 + j·sc1] = Σ_k A[i·sa0 + k] · B[j·sb1 + k]  (B = Wᵀ: W's rows contiguous)
@@ -86,6 +91,7 @@ def panel_rows() -> int:
 
 SIGNATURES = {
     "rows": ["m", "n", "k", "A", "sa0", "sa1", "B", "sb0", "C", "sc0"],
+    "rows_stream": ["m", "n", "k", "A", "sa0", "sa1", "B", "sb0", "C", "sc0"],
     "dots": ["m", "n", "k", "A", "sa0", "B", "sb1", "C", "sc0", "sc1"],
     "panels": ["m", "np", "k", "A", "sa0", "sa1", "P", "spj", "spk", "C", "sc0"],
     "job_dots": ["BLOCK", "U1", "U2", "U3", "U4", "U5"],     # a worker's call: 6 pointers
@@ -94,6 +100,9 @@ SIGNATURES = {
                   "m_2", "n_2", "k_2", "A_2", "sa0_2", "B_2", "sb1_2", "C_2", "sc0_2", "sc1_2"],
 }
 DTYPES = ("float32", "float64")
+# The kernels each kind calls: built and loaded with it.
+CALLS = {"job_dots": ("dots",), "par_dots": ("dots", "job_dots"),
+         "par_dots2": ("dots", "job_dots")}
 
 
 def symbol(kind: str, dtype: str) -> str:
@@ -112,17 +121,40 @@ def declare(module: ir.Module, kind: str, dtype: str) -> ir.Function:
     return module.globals.get(name) or ir.Function(module, _fnty(kind), name)
 
 
-def library_ir() -> str:
-    """The LLVM IR of every kernel for both dtypes: a library compiled once per host
-    and compiler version (cached on disk like a kernel) and loaded next to each
-    kernel, so a kernel's compile time is spent on its own code only."""
+def unit_ir(kind: str, dtype: str) -> str:
+    """The LLVM IR of one kernel of the library for one dtype (the kernels it calls
+    declared): each is compiled once per host and compiler version, the first time a
+    kernel calls it, cached on disk like a kernel and loaded next to every kernel that
+    calls it (`jit.library_objects`), so a kernel's compile time is spent on its own
+    code only and a process builds only the product kernels its graphs use."""
+    if kind not in SIGNATURES or dtype not in DTYPES:
+        raise ValueError(f"no product kernel {kind!r} for {dtype!r}")
     from .jit import target_machine
-    module = ir.Module(name="autograph_microkernels")
+    module = ir.Module(name=f"autograph_{kind}_{dtype}")
     kernels = MicroKernels(module, target_machine()[3].startswith(("x86_64", "i686", "i386")))
-    for kind in SIGNATURES:
-        for dtype in DTYPES:
-            getattr(kernels, "_" + kind)(symbol(kind, dtype), dtype)
+    getattr(kernels, "_" + kind)(symbol(kind, dtype), dtype)
     return str(module)
+
+
+def units(kinds_dtypes) -> list:
+    """The (kind, dtype) units to load for kernels that call `kinds_dtypes`: with the
+    kernels they call, each once, callees first."""
+    out: list = []
+
+    def add(kind, dtype):
+        for callee in CALLS.get(kind, ()):
+            add(callee, dtype)
+        if (kind, dtype) not in out:
+            out.append((kind, dtype))
+    for kind, dtype in kinds_dtypes:
+        add(kind, dtype)
+    return out
+
+
+def called_by(obj: bytes) -> list:
+    """The (kind, dtype) units an object file calls (its symbol table names them)."""
+    return units((kind, dtype) for kind in SIGNATURES for dtype in DTYPES
+                 if symbol(kind, dtype).encode() + b"\0" in obj)
 
 
 class _Body:
@@ -324,11 +356,6 @@ class MicroKernels:
         of the caches), `_rows_stream` instead."""
         k_ = _Body(self.module, name, SIGNATURES["rows"], dtype)
         b, L, a = k_.b, k_.width, k_.arg
-        big = b.icmp_signed(">=", b.mul(b.mul(a["k"], a["n"]), k_.c(k_.itemsize)),
-                            k_.c(ROWS_STREAM_BYTES))
-        with b.if_then(big):
-            self._rows_stream(k_)
-            b.ret_void()
         most = vecmath.vector_registers() // 2
         accs = [k_.slots(most, k_.vty, f"acc{sp}_") for sp in range(4)]
         tail = k_.slots(1, k_.ty, "tail")[0]
@@ -385,14 +412,17 @@ class MicroKernels:
         k_.loop(a["m"], row, "m")
         return k_.done()
 
-    def _rows_stream(self, k_):
-        """C = A·B for a B too large for the caches: up to 3 rows of A per pass, so B
+    def _rows_stream(self, name, dtype):
+        """`rows` for a B too large for the caches: up to 3 rows of A per pass, so B
         is read once for them; B's rows are streamed two at a time, each over a block
         of STREAM_BLOCK_BYTES of C's columns (long contiguous runs that the prefetcher
         follows; the register-blocked order above reads 8 vectors of every row of B in
         turn and missed the cache on each). C's block stays in L2 between the k steps.
         Measured on one thread, B 32 MB: 16 GB/s for one row, 14 for two (4 KB blocks:
-        13 and 11; the register-blocked order: ~3.5)."""
+        13 and 11; the register-blocked order: ~3.5). A product calls it instead of
+        `rows` when its B has ROWS_STREAM_BYTES or more (`codegen`), so the kernels
+        without such a product never need it built."""
+        k_ = _Body(self.module, name, SIGNATURES["rows_stream"], dtype)
         b, L, a = k_.b, k_.width, k_.arg
         cols = STREAM_BLOCK_BYTES // k_.itemsize
         zero_i = k_.c(0)
@@ -459,6 +489,7 @@ class MicroKernels:
             group(done, 2)
         with b.if_then(b.icmp_signed("==", left, k_.c(1))):
             group(done, 1)
+        return k_.done()
 
     # ------------------------------------------------------------------ dots
 

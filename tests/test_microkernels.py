@@ -23,7 +23,9 @@ DTYPES = st.sampled_from(["float32", "float64"])
 def library():
     """Addresses of the library's functions, from an engine that loaded its object."""
     engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), jit._new_target_machine())
-    engine.add_object_file(llvm.ObjectFileRef.from_data(jit.library_object()))
+    for unit in microkernels.units((k, d) for k in microkernels.SIGNATURES
+                                   for d in microkernels.DTYPES):
+        engine.add_object_file(llvm.ObjectFileRef.from_data(jit.library_object(*unit)))
     engine.finalize_object()
     fns = {}
     for kind, args in microkernels.SIGNATURES.items():
@@ -68,12 +70,13 @@ def test_rows(library, M, N, K, dtype, a_t, seed):
     np.testing.assert_allclose(_rows(library, A, B), A @ B, **_tol(dtype))
 
 
-def _rows(library, A, B):
-    """`rows` into a column block of a wider matrix; checks nothing else is written."""
+def _rows(library, A, B, kind="rows"):
+    """`rows` (or `rows_stream`) into a column block of a wider matrix; checks nothing
+    else is written."""
     (M, K), N = A.shape, B.shape[1]
     big = np.full((M, N + 3), 7.0, A.dtype)
     C = big[:, 1:N + 1]
-    library["rows", A.dtype.name](M, N, K, _ptr(A), *_strides(A), _ptr(B),
+    library[kind, A.dtype.name](M, N, K, _ptr(A), *_strides(A), _ptr(B),
                                   _strides(B)[0], _ptr(C), _strides(C)[0])
     assert (big[:, 0] == 7).all() and (big[:, N + 1:] == 7).all()   # nothing else written
     return C
@@ -84,7 +87,7 @@ def _rows(library, A, B):
 @settings(max_examples=25, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
 def test_rows_streaming_a_large_b(library, M, N, dtype, a_t, odd_k, seed):
-    """B of ROWS_STREAM_BYTES or more: `_rows_stream` (groups of 3, 2 and 1 rows; column
+    """B of ROWS_STREAM_BYTES or more: `rows_stream` (groups of 3, 2 and 1 rows; column
     blocks, full and partial; vector and scalar columns; an odd K's last row)."""
     item = np.dtype(dtype).itemsize
     K = -(-microkernels.ROWS_STREAM_BYTES // (N * item)) + odd_k   # at the threshold
@@ -94,7 +97,32 @@ def test_rows_streaming_a_large_b(library, M, N, dtype, a_t, odd_k, seed):
     B = rng.standard_normal((K, N)).astype(dtype)
     want = A.astype(np.float64) @ B.astype(np.float64)
     tol = dict(rtol=1e-12, atol=1e-11) if dtype == "float64" else dict(rtol=1e-4, atol=1e-3)
-    np.testing.assert_allclose(_rows(library, A, B), want, **tol)
+    np.testing.assert_allclose(_rows(library, A, B, "rows_stream"), want, **tol)
+
+
+@pytest.mark.parametrize("dims", [(3, 1024), (3, "H")])
+def test_products_with_a_large_b_call_rows_stream(tmp_path, monkeypatch, dims):
+    """A B of ROWS_STREAM_BYTES or more goes to `rows_stream`: chosen when the graph is
+    compiled for fixed sizes, at run time for symbolic ones (both are then called for
+    the sizes they are for); a kernel without such a product does not load it."""
+    monkeypatch.setenv("AUTOGRAPH_CACHE_DIR", str(tmp_path))
+    rows, H = dims
+    a = ag.placeholder("a", (rows, 512), "float32")
+    w = ag.placeholder("w", (512, H), "float32")
+    f = ag.function([a, w], [a @ w], backend="llvm")
+    text = f.runner.kernel.ir_text
+    assert ('ag_rows_stream_float32' in text) and (('ag_rows_float32' in text) == (H == "H"))
+    rng = np.random.default_rng(0)
+    for n in ([1024] if H == 1024 else [8, 1024]):     # 16 KB and 2 MB of W
+        A = rng.standard_normal((rows, 512)).astype(np.float32)
+        W = rng.standard_normal((512, n)).astype(np.float32)
+        np.testing.assert_allclose(f(A, W)[0], A @ W, rtol=1e-4, atol=1e-4)
+    calls = microkernels.called_by(f.runner.kernel.object_code)
+    assert ("rows_stream", "float32") in calls
+    assert (("rows", "float32") in calls) == (H == "H")
+    v = ag.placeholder("v", (512, 8), "float32")          # 16 KB: never streamed
+    small = ag.function([a, v], [a @ v], backend="llvm")
+    assert microkernels.called_by(small.runner.kernel.object_code) == [("rows", "float32")]
 
 
 @given(M=st.integers(0, 5), N=st.integers(0, 40), K=st.integers(0, 70), dtype=DTYPES,
@@ -167,32 +195,49 @@ def test_kernels_call_the_library_and_define_no_product_loops():
 
 
 def test_the_library_is_cached_on_disk(tmp_path, monkeypatch):
-    """Built into an empty cache, then loaded from it by the next process (here: with
-    the in-process copy dropped) without being built again."""
+    """Each product kernel is built into an empty cache the first time it is asked for,
+    then loaded from it by the next process (here: with the in-process copies dropped)
+    without being built again."""
     monkeypatch.setenv("AUTOGRAPH_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(jit, "_library", None)
-    built = jit.library_object()
-    assert jit.library_seconds > 0
-    key = jit.cache_key("microkernel library")
-    assert jit.cache_load(key, jit.LIBRARY_PREFIX) == built
-    monkeypatch.setattr(jit, "_library", None)
+    monkeypatch.setattr(jit, "_library", {})
     monkeypatch.setattr(jit, "library_seconds", 0.0)
-    assert jit.library_object() == built and jit.library_seconds == 0.0
+    built = jit.library_object("dots", "float64")
+    assert jit.library_seconds > 0
+    assert len(list(tmp_path.glob(jit.LIBRARY_PREFIX + "*.o"))) == 1     # only that one
+    key = jit.library_key("dots", "float64")
+    assert jit.cache_load(key, jit.LIBRARY_PREFIX) == built
+    monkeypatch.setattr(jit, "_library", {})
+    monkeypatch.setattr(jit, "library_seconds", 0.0)
+    assert jit.library_object("dots", "float64") == built and jit.library_seconds == 0.0
+    with pytest.raises(ValueError, match="no product kernel 'gemm'"):
+        jit.library_object("gemm", "float64")
+
+
+def test_a_kernel_loads_the_product_kernels_it_calls(tmp_path, monkeypatch):
+    """`par_dots` calls `dots` and `job_dots`: a kernel that calls it loads all three,
+    callees first; one without products loads none."""
+    assert microkernels.units([("par_dots", "float32"), ("dots", "float32")]) == [
+        ("dots", "float32"), ("job_dots", "float32"), ("par_dots", "float32")]
+    monkeypatch.setenv("AUTOGRAPH_CACHE_DIR", str(tmp_path))
+    x = ag.placeholder("x", (4,), "float64")
+    f = ag.function([x], [ag.exp(x)], backend="llvm")
+    assert microkernels.called_by(f.runner.kernel.object_code) == []
+    np.testing.assert_allclose(f(np.arange(4.0))[0], np.exp(np.arange(4.0)), rtol=1e-15)
 
 
 def test_a_damaged_library_entry_is_rebuilt(tmp_path, monkeypatch, caplog):
-    """A corrupt library file in the cache is logged, ignored and replaced; kernels
-    compiled afterwards run."""
+    """A corrupt product-kernel file in the cache is logged, ignored and replaced;
+    kernels compiled afterwards run."""
     monkeypatch.setenv("AUTOGRAPH_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(jit, "_library", None)
-    good = jit.library_object()
+    monkeypatch.setattr(jit, "_library", {})
+    good = jit.library_object("dots", "float64")
     (entry,) = tmp_path.glob(jit.LIBRARY_PREFIX + "*.o")
     entry.write_bytes(entry.read_bytes()[:100])
-    monkeypatch.setattr(jit, "_library", None)
+    monkeypatch.setattr(jit, "_library", {})
     with caplog.at_level("WARNING", logger="autograph.compiler"):
-        assert jit.library_object() == good
+        assert jit.library_object("dots", "float64") == good
     assert "corrupt or foreign" in caplog.text
-    assert jit.cache_load(jit.cache_key("microkernel library"), jit.LIBRARY_PREFIX) == good
+    assert jit.cache_load(jit.library_key("dots", "float64"), jit.LIBRARY_PREFIX) == good
     a = ag.placeholder("a", (1, 8), "float64")
     w = ag.placeholder("w", (5, 8), "float64")
     A, W = np.ones((1, 8)), np.arange(40.0).reshape(5, 8)

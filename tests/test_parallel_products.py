@@ -26,7 +26,8 @@ def private_cache(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def par_dots():
     engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), jit._new_target_machine())
-    engine.add_object_file(llvm.ObjectFileRef.from_data(jit.library_object()))
+    for unit in microkernels.units([("par_dots", d) for d in microkernels.DTYPES]):
+        engine.add_object_file(llvm.ObjectFileRef.from_data(jit.library_object(*unit)))
     engine.finalize_object()
     args = microkernels.SIGNATURES["par_dots"]
     ty = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p if a[0].isupper() else ctypes.c_int64
