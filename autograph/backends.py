@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import operator
+from threading import get_ident
 from typing import Callable, Sequence
 
 import numpy as np
@@ -10,7 +11,15 @@ import numpy as np
 from .errors import BackendError, InputError
 from .graph import DTYPES, Graph, Node
 
-_SHAPE_DTYPE = operator.attrgetter("shape", "dtype")
+_SIGNATURE = operator.attrgetter("__class__", "shape", "dtype")
+
+
+def _signature(arrays) -> list | None:
+    """Each array's type, shape and dtype (None for something that has none)."""
+    try:
+        return list(map(_SIGNATURE, arrays))
+    except AttributeError:
+        return None
 
 _BACKENDS: dict[str, Callable[[Graph], Callable]] = {}
 # Backends that register themselves when their package is imported, so that
@@ -111,7 +120,7 @@ class Function:
         self.runner = get_backend(backend)(self.graph)
         self._owned = bool(getattr(self.runner, "owns_outputs", False))
         self._names = [x.name for x in self.graph.inputs]
-        self._last = None    # (types, (shape, dtype) pairs, dims) of the last checked call
+        self._last = None    # (signature, dims, repeat, thread) of the last checked call
 
     def bind(self, *args, **kwargs) -> "Bound":
         """Prepare repeated calls on the same arrays: checks, allocation and (on the
@@ -149,16 +158,25 @@ class Function:
 
     def __call__(self, *args, **kwargs):
         # Calls repeat: arrays of the very types, shapes and dtypes that the last call
-        # checked bind the same dims, so the checks are not run again (compared in C:
-        # ~3 µs for eight arrays here, against ~4 µs for a loop in Python).
-        last = self._last
-        if (last is not None and not kwargs and list(map(type, args)) == last[0]
-                and list(map(_SHAPE_DTYPE, args)) == last[1]):
-            arrays, dims = list(args), last[2]
+        # checked bind the same dims, so the checks are not run again (compared in C,
+        # ~2 µs for eight arrays here). A runner that can repeat its last call on such
+        # arrays (the compiled backend: `Kernel.repeat`) is then called that way,
+        # ~8 µs sooner than through its layers (a tiny training step: 84 -> 76 µs).
+        last = self._last           # (signature, dims, the runner's repeat, thread)
+        sig = _signature(args) if last is not None and not kwargs else None
+        if sig is not None and sig == last[0]:
+            again = last[2]
+            if again is not None and last[3] == get_ident():
+                outs = again(args)
+                if outs is not None:
+                    return outs[0] if self.single else outs
+            arrays, dims = list(args), last[1]
         else:
             arrays, dims = bind_inputs(self.graph.inputs, self._gather(args, kwargs))
-            self._last = (list(map(type, arrays)), list(map(_SHAPE_DTYPE, arrays)), dims)
+            sig = _signature(arrays)
         outs = self.runner(arrays, dims)
+        repeat = getattr(self.runner, "repeat", None) if self._owned else None
+        self._last = (sig, dims, repeat(dims) if repeat is not None else None, get_ident())
         if self._owned:
             return outs[0] if self.single else outs
         # Hand back arrays the caller owns: copy views, read-only graph constants,

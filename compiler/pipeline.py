@@ -17,7 +17,7 @@ from .jit import Kernel, cache_key, cache_load, cache_store, optimize, target_ma
 from .loopir import format_program
 from .lower import lower
 from .plan import plan
-from .shard import Sharder, find_plan
+from .shard import Sharder, blas_threads, find_plan
 from .rewrite import rewrite
 
 log = logging.getLogger("autograph.compiler")
@@ -55,6 +55,25 @@ class Compiled:
         if self.sharder is not None:
             return self.sharder.bind(arrays, dims)
         return self.kernel.bind(arrays, dims)
+
+    def repeat(self, dims):
+        """The call just made at `dims` on this thread, to repeat on arrays of the same
+        types, shapes and dtypes (`Kernel.repeat`), or None: while the sharder is
+        still timing this binding, or runs it in shards, or will race it again."""
+        sharder = self.sharder
+        if sharder is None:
+            return self.kernel.repeat(dims)
+        if not sharder.runs_whole(dims):
+            return None
+        again = self.kernel.repeat(dims)
+        if again is None:
+            return None
+        reset = blas_threads.set
+
+        def repeat(arrays):
+            reset(None)
+            return again(arrays)
+        return repeat
 
 
 def build(graph: Graph):

@@ -649,8 +649,7 @@ class Sharder:
     def run(self, arrays, dims, shards=None):
         """The kernel's outputs for `arrays`; `shards` forces a shard count."""
         if shards is None:
-            key = self._key(dims)
-            if self._decided.get(key) == 1 and key not in self._recheck:
+            if self.runs_whole(dims):
                 blas_threads.set(None)        # the common case, decided: one thread
                 return self.kernel.run(arrays, dims)
         n = shards if shards is not None else self.shards_for(dims)
@@ -671,6 +670,12 @@ class Sharder:
             blas_threads.set(None)
             return self.kernel.run(arrays, dims)
         return self._run_sharded(arrays, dims, n)
+
+    def runs_whole(self, dims) -> bool:
+        """Decided: one thread for this binding, with no race to come (`run` then calls
+        the kernel directly, as `Compiled.repeat` may)."""
+        key = self._key(dims)
+        return self._decided.get(key) == 1 and key not in self._recheck
 
     def _count_whole(self, dims):
         """A whole call under a "one thread" verdict: after RECHECK_AFTER of them the

@@ -369,3 +369,59 @@ def test_repeated_calls_skip_checks_only_when_nothing_changed(backend):
     with pytest.raises(ag.InputError, match="expects dtype float64"):
         f(c.astype(np.float32), d)
     np.testing.assert_allclose(f(c.tolist(), d)[0], (c * d).sum(1))   # lists still work
+
+
+def test_compiled_calls_repeat_the_last_one_safely():
+    """On the compiled backend a call with arrays of the last call's types, shapes and
+    dtypes repeats it directly (`Kernel.repeat`): new values, new arrays, arrays
+    changed in place, a view that must be copied, a new size and back, an error raised
+    from inside the kernel, another thread — each answer against NumPy, every output
+    a new array."""
+    import threading
+    import time
+    emb = ag.placeholder("E", (10, 3))
+    ids = ag.placeholder("ids", ("N",), "int64")
+    w = ag.placeholder("w", (3,))
+    f = ag.function([emb, ids, w], [ag.take(emb, ids) @ w, ag.sum(emb, axis=0)],
+                    backend="llvm")
+    rng = np.random.default_rng(0)
+    E, i, v = rng.normal(size=(10, 3)), np.array([1, 4, 9, 0]), rng.normal(size=3)
+
+    def check(E, i, v):
+        got = f(E, i, v)
+        np.testing.assert_allclose(got[0], E[i] @ v, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(got[1], E.sum(0), rtol=1e-12, atol=1e-14)
+        return got
+    first = check(E, i, v)
+    deadline = time.perf_counter() + 10        # the sharder times its first calls
+    while f._last[2] is None and time.perf_counter() < deadline:
+        first = check(E, i, v)
+    assert f._last[2] is not None              # decided: the next call repeats this one
+    second = check(E, i, v)                    # the very same arrays
+    assert all(a is not b for a, b in zip(first, second))
+    second[0][:] = 7.0                         # a caller's output is its own
+    np.testing.assert_allclose(first[0], E[i] @ v, rtol=1e-12, atol=1e-14)
+    E[2] += 1.0                                # changed in place
+    check(E, i, v)
+    check(rng.normal(size=(10, 3)), np.array([3, 3, 2, 8]), rng.normal(size=3))  # new arrays
+    check(np.asfortranarray(E), i, v)          # same shape, not C-contiguous: copied
+    check(E, np.array([5, 6]), v)              # a new N, then the old one again
+    check(E, i, v)
+    with pytest.raises(ag.InputError, match="out of range"):
+        f(E, np.array([1, 4, 10, 0]), v)       # raised by the kernel, on a repeat
+    check(E, i, v)
+    errors = []
+
+    def other():
+        try:
+            for _ in range(50):
+                E2, v2 = rng.normal(size=(10, 3)), rng.normal(size=3)
+                np.testing.assert_allclose(f(E2, i, v2)[0], E2[i] @ v2, rtol=1e-12, atol=1e-14)
+        except Exception as e:          # pragma: no cover - reported below
+            errors.append(e)
+    t = threading.Thread(target=other)
+    t.start()
+    for _ in range(50):
+        check(E, i, v)
+    t.join()
+    assert not errors, errors
