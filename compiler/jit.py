@@ -467,6 +467,33 @@ class Kernel:
         sc.ous[:len(outs)] = handles(outs, sc.keep)
         return sc.args, outs, sc.status
 
+    def _native_call(self, args, status):
+        """A function that calls the kernel on `args`. Single-row products that may
+        split their columns with the shard worker (`microkernels.par_dots`) get its
+        words in status[2] while this thread holds the workers' lock; when another call
+        holds it (a sharded run) or the worker is asleep (woken now, for the next call),
+        one thread runs all. Used by the prepared calls only (`bind`, `repeat`): a
+        call through every layer did ~30 µs of Python and left the cores' caches
+        cold; the split gained nothing there (measured)."""
+        fn = self._fn
+        if not (self.parallel and _threads() > 1):
+            return functools.partial(fn, *args)
+        with spin.lock:
+            worker = spin.workers(1)[0]
+        lock, words, address = spin.lock, worker.words, worker.address
+
+        def call():
+            if lock.acquire(False):
+                try:
+                    status[2] = 0 if words[2] and worker.awake() is False else address
+                    fn(*args)
+                finally:
+                    status[2] = 0
+                    lock.release()
+            else:
+                fn(*args)
+        return call
+
     def repeat(self, dims):
         """The call `run` just made on this thread at `dims`, as a function of the
         arrays alone: ``repeat(arrays)`` runs the kernel again with this thread's
@@ -479,7 +506,8 @@ class Kernel:
         if not NATIVE_HEADERS or sc is None or sc.key != self._binding(dims):
             return None
         ins, last, ous, specs = sc.ins, sc.last, sc.ous, sc.layout.outs
-        args, status, fn, n = sc.args, sc.status, self._fn, len(specs)
+        status, n = sc.status, len(specs)
+        run = self._native_call(sc.args, status)
         keep = (sc.layout, sc.arena)     # the addresses in `args` stay theirs
         empty, starmap = np.empty, itertools.starmap
 
@@ -494,7 +522,7 @@ class Kernel:
                 i += 1
             outs = list(starmap(empty, specs))
             ous[:n] = list(map(id, outs))
-            fn(*args)
+            run()
             if status[0]:
                 self._raise(status)
             return outs
@@ -524,37 +552,13 @@ class Kernel:
         args = (layout.dims_ptr, ctypes.addressof(ins), ctypes.addressof(ous),
                 _data_ptr(arena), layout.offsets_ptr, ctypes.addressof(status))
         keep = (list(arrays), outs, heads, arena, ins, ous, layout, self)   # all stay alive
-        fn = self._fn
-        # Single-row products that may split their columns with the shard worker
-        # (`microkernels.par_dots`). Only here: a plain call's own Python work (~30 µs)
-        # leaves the cores' caches cold and the split gained nothing there (measured).
-        if self.parallel and _threads() > 1:
-            with spin.lock:
-                worker = spin.workers(1)[0]
-            lock, words, address = spin.lock, worker.words, worker.address
+        run = self._native_call(args, status)
 
-            def call():
-                # The worker's words go in status[2] while this thread holds the
-                # workers' lock; when another call holds it (a sharded run) or the
-                # worker is asleep (woken now, for the next call), one thread runs all.
-                if lock.acquire(False):
-                    try:
-                        status[2] = 0 if words[2] and worker.awake() is False else address
-                        fn(*args)
-                    finally:
-                        status[2] = 0
-                        lock.release()
-                else:
-                    fn(*args)
-                if status[0]:
-                    self._raise(status)
-                return outs
-        else:
-            def call():
-                fn(*args)
-                if status[0]:
-                    self._raise(status)
-                return outs
+        def call():
+            run()
+            if status[0]:
+                self._raise(status)
+            return outs
         call.keep = keep
         call.args, call.status = args, status     # the raw call (sharded bound calls)
         return call, outs

@@ -165,11 +165,21 @@ def test_inference_step_shares_its_products_and_agrees(dtype, rtol):
         np.testing.assert_allclose(g, r, rtol=rtol, atol=rtol)
     for r, g in zip(ref, f(*args)):            # the plain call too
         np.testing.assert_allclose(g, r, rtol=rtol, atol=rtol)
+    # plain calls that repeat the last one (`Kernel.repeat`) hand off the same way
+    before = worker.words[1]
+    deadline = time.perf_counter() + 10.0
+    while worker.words[1] == before and time.perf_counter() < deadline:
+        got = f(*args)
+    assert worker.words[1] > before
+    for _ in range(50):
+        for r, g in zip(ref, f(*args)):
+            np.testing.assert_allclose(g, r, rtol=rtol, atol=rtol)
 
 
 def test_threads_and_sharded_calls_at_once():
-    """Two threads run B = 1 steps while a third runs sharded training steps (which
-    hold the worker): every result right, no thread stuck."""
+    """Two threads run bound B = 1 steps and two plain ones of the same function while
+    a fifth runs sharded training steps (which hold the worker): every result right,
+    no thread stuck."""
     inputs, outputs, args = _lstm_step("float64")
     f = ag.function(inputs, outputs, backend="llvm")
     ref = ag.function(inputs, outputs)(*args)
@@ -183,13 +193,19 @@ def test_threads_and_sharded_calls_at_once():
                 if not np.allclose(g, r, rtol=1e-12, atol=1e-12):
                     errors.append("inference")
 
+    def plain():                # plain calls of the same function, repeated
+        for _ in range(400):
+            for r, g in zip(ref, f(*args)):
+                if not np.allclose(g, r, rtol=1e-12, atol=1e-12):
+                    errors.append("plain inference")
+
     def sharded():
         for _ in range(30):
             for r, g in zip(tref, train(*targs)):
                 if not np.allclose(g, r, rtol=1e-10, atol=1e-12):
                     errors.append("training")
 
-    threads = [threading.Thread(target=t) for t in (infer, infer, sharded)]
+    threads = [threading.Thread(target=t) for t in (infer, infer, plain, plain, sharded)]
     for t in threads:
         t.start()
     for t in threads:
