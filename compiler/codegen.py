@@ -510,7 +510,8 @@ class Emitter:
                 if self._dots_apply(s):
                     self._matmul_dots(s)
                 else:
-                    # below BLAS_MIN_WORK here when M > ROWS_MAX_ROWS
+                    # with M > ROWS_MAX_ROWS, below BLAS_MIN_WORK here (unless the
+                    # library's argument rules refused it: then `rows` is only slower)
                     few = not out.shape[-2].is_const or out.shape[-2].const <= ROWS_MAX_ROWS
                     self._matmul_loops(s, None if few else blas.BLAS_MIN_WORK)
 

@@ -12,6 +12,9 @@
   weight_sums per-step weight-gradient contributions δ_t·s_{t−1}ᵀ leave the reverse
               loop: the loop stacks δ_t and one product after it forms Σ_t (the
               lowering turns sum(matmul(A, B), axis 0) into a single GEMM over T·B)
+  transposed_products
+              (A·B)ᵀ → Bᵀ·Aᵀ (also summed over time) where nothing else reads A·B:
+              the product writes the layout asked for, with no transposing copy
 
 Every pass recurses into scan bodies. `PASSES` lists them in order; `rewrite` runs
 them all, and `rewrite(graph, trace=True)` also returns each stage for printing.
@@ -407,6 +410,47 @@ def _weight_sums_scan(n: Node, replace: dict) -> Node:
     return new
 
 
+# ----------------------------------------------------------------------------- transposed products
+
+def transposed_products(graph: Graph) -> Graph:
+    """(A·B)ᵀ → Bᵀ·Aᵀ, and (Σ_t A_t·B_t)ᵀ → Σ_t B_tᵀ·A_tᵀ, where nothing else reads
+    the product: it then writes its result in the layout asked for, instead of a
+    temporary that a transposing copy reads down its columns. The gradient of a
+    weight used as x·Wᵀ (PyTorch's [4H, D] layout) was such a copy: (Σ_t X_tᵀ·δ_t)ᵀ,
+    4 MB of float32 for a D = H = 512 LSTM, copied at a stride of 8 KB per element.
+    The operands' transposes are views (or undo a transpose already there)."""
+    users: dict[int, int] = {}
+    for n in graph.nodes:
+        for i in n.inputs:
+            users[id(i)] = users.get(id(i), 0) + 1
+    for y in graph.outputs:
+        users[id(y)] = users.get(id(y), 0) + 1
+
+    def alone(n):
+        return users.get(id(n), 0) == 1
+
+    def swapped(x):
+        perm = tuple(range(x.ndim - 2)) + (x.ndim - 1, x.ndim - 2)
+        if x.op == "transpose" and x.params["perm"] == perm:
+            return x.inputs[0]
+        return ag.transpose(x, perm)
+
+    def fn(n, ins):
+        if n.op == "transpose" and n.ndim == 2 and n.params["perm"] == (1, 0):
+            src, new = n.inputs[0], ins[0]
+            if src.op == "matmul" and alone(src) and all(x.ndim == 2 for x in new.inputs):
+                a, b = new.inputs
+                return ag.matmul(swapped(b), swapped(a))
+            if (src.op == "sum" and alone(src) and src.params["axes"] == (0,)
+                    and not src.params["keepdims"] and src.inputs[0].op == "matmul"
+                    and alone(src.inputs[0])
+                    and all(x.ndim == 3 for x in new.inputs[0].inputs)):
+                a, b = new.inputs[0].inputs
+                return ag.sum(ag.matmul(swapped(b), swapped(a)), axis=0)
+        return rebuild(n, ins)
+    return transform(graph, fn)
+
+
 # ----------------------------------------------------------------------------- sink
 
 def sink(graph: Graph) -> Graph:
@@ -646,7 +690,7 @@ def _match_body(graph: Graph, scan: Node):
 
 PASSES = [("simplify", simplify), ("fold", fold), ("cse", cse), ("hoist", hoist),
           ("weight_sums", weight_sums), ("dedupe_outputs", dedupe_outputs),
-          ("simplify", simplify), ("cse", cse),
+          ("simplify", simplify), ("cse", cse), ("transposed_products", transposed_products),
           ("store_activations", store_activations), ("sink", sink), ("cse", cse)]
 
 
