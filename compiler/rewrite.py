@@ -435,17 +435,28 @@ def transposed_products(graph: Graph) -> Graph:
             return x.inputs[0]
         return ag.transpose(x, perm)
 
+    def summed(src, new):
+        """The rebuilt batched product that `src` sums over its first axis (the sum's
+        kept axis reshaped away, or not kept), or None."""
+        if (src.op == "reshape" and alone(src) and src.inputs[0].op == "sum"
+                and src.inputs[0].params["keepdims"] and src.shape == src.inputs[0].shape[1:]):
+            src, new = src.inputs[0], new.inputs[0]
+        elif src.op != "sum" or src.params["keepdims"]:
+            return None
+        if (alone(src) and src.params["axes"] == (0,) and src.inputs[0].op == "matmul"
+                and alone(src.inputs[0]) and all(x.ndim == 3 for x in new.inputs[0].inputs)):
+            return new.inputs[0]
+        return None
+
     def fn(n, ins):
         if n.op == "transpose" and n.ndim == 2 and n.params["perm"] == (1, 0):
             src, new = n.inputs[0], ins[0]
             if src.op == "matmul" and alone(src) and all(x.ndim == 2 for x in new.inputs):
                 a, b = new.inputs
                 return ag.matmul(swapped(b), swapped(a))
-            if (src.op == "sum" and alone(src) and src.params["axes"] == (0,)
-                    and not src.params["keepdims"] and src.inputs[0].op == "matmul"
-                    and alone(src.inputs[0])
-                    and all(x.ndim == 3 for x in new.inputs[0].inputs)):
-                a, b = new.inputs[0].inputs
+            product = summed(src, new)
+            if product is not None:
+                a, b = product.inputs
                 return ag.sum(ag.matmul(swapped(b), swapped(a)), axis=0)
         return rebuild(n, ins)
     return transform(graph, fn)
