@@ -23,7 +23,7 @@ from autograph.graph import Graph
 
 from . import spin
 from .codegen import ARRAY_DATA_FIELD, dots_apply, dots_pair, emit_text, may_split
-from .loopir import MatMul, Program, fingerprint, walk
+from .loopir import Loop, MatMul, Program, fingerprint, walk
 
 log = logging.getLogger("autograph.compiler")
 
@@ -198,6 +198,12 @@ def cache_store(key: str, payload: bytes, prefix: str = "") -> None:
 # ----------------------------------------------------------------------------- kernels
 
 _KERNEL_T = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 6)
+# Plain calls that repeat the last one (`Kernel.repeat`) of a kernel without loops (one
+# step of a cell) hand half of their large single-row products to the worker, as bound
+# calls do: a B = 1 LSTM step float64 32.6 -> 26.2 µs. Training steps (loops) do not:
+# with the worker their repeated plain calls ran 0.90-1.00x (B = 1, D = H = 512 and
+# B = 1, H = 1024; measured in one process).
+REPEAT_WITH_WORKER = True
 _library: dict = {}          # (kind, dtype) -> object code of that product kernel
 LIBRARY_PREFIX = "library-"
 library_seconds = 0.0       # what building product kernels took in this process (0: cache)
@@ -341,6 +347,7 @@ class Kernel:
         self.parallel = any(isinstance(s, MatMul) and dots_apply(s) and may_split(s)
                             for s in stmts) or any(dots_pair(a, b)
                                                    for a, b in zip(stmts, stmts[1:]))
+        self.loops = any(isinstance(s, Loop) for s in prog.body)
 
     @functools.cached_property
     def ir_text(self) -> str:
@@ -467,7 +474,7 @@ class Kernel:
         sc.ous[:len(outs)] = handles(outs, sc.keep)
         return sc.args, outs, sc.status
 
-    def _native_call(self, args, status):
+    def _native_call(self, args, status, worker=True):
         """A function that calls the kernel on `args`. Single-row products that may
         split their columns with the shard worker (`microkernels.par_dots`) get its
         words in status[2] while this thread holds the workers' lock; when another call
@@ -476,7 +483,7 @@ class Kernel:
         call through every layer did ~30 µs of Python and left the cores' caches
         cold; the split gained nothing there (measured)."""
         fn = self._fn
-        if not (self.parallel and _threads() > 1):
+        if not (worker and self.parallel and _threads() > 1):
             return functools.partial(fn, *args)
         with spin.lock:
             worker = spin.workers(1)[0]
@@ -507,7 +514,7 @@ class Kernel:
             return None
         ins, last, ous, specs = sc.ins, sc.last, sc.ous, sc.layout.outs
         status, n = sc.status, len(specs)
-        run = self._native_call(sc.args, status)
+        run = self._native_call(sc.args, status, REPEAT_WITH_WORKER and not self.loops)
         keep = (sc.layout, sc.arena)     # the addresses in `args` stay theirs
         empty, starmap = np.empty, itertools.starmap
 
