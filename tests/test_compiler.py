@@ -766,14 +766,17 @@ def _transposed(case, dtype="float64"):
     return ag.Graph([a, b], [ag.transpose(p)]), lambda A, B: (A @ B).T
 
 
-@pytest.mark.parametrize("case", ["plain", "summed", "kept", "shared"])
-def test_a_transposed_product_is_the_product_of_the_transposes(case):
+@pytest.mark.parametrize("case", ["plain", "summed", "kept", "shared", "small"])
+def test_a_transposed_product_is_the_product_of_the_transposes(case, monkeypatch):
     """(A·B)ᵀ becomes Bᵀ·Aᵀ (also summed over time), so no transposing copy is left;
-    not where A·B is also read as it is. Compiled and interpreted against NumPy."""
-    from compiler.rewrite import rewrite
-    graph, want = _transposed(case)
-    out = rewrite(graph).outputs[0]
-    assert (out.op == "transpose") == (case == "shared")
+    not where A·B is also read as it is, nor below TRANSPOSED_PRODUCT_BYTES (here
+    lowered to 0 but for "small"). Compiled and interpreted against NumPy."""
+    from compiler import rewrite as rw
+    if case != "small":
+        monkeypatch.setattr(rw, "TRANSPOSED_PRODUCT_BYTES", 0)
+    graph, want = _transposed("plain" if case == "small" else case)
+    out = rw.rewrite(graph).outputs[0]
+    assert (out.op == "transpose") == (case in ("shared", "small"))
     rng = np.random.default_rng(1)
     shape_a, shape_b = ((3, 5, 4), (3, 4, 7)) if case in ("summed", "kept") else ((5, 4), (4, 7))
     A, B = rng.normal(size=shape_a), rng.normal(size=shape_b)
@@ -790,28 +793,35 @@ def test_a_transposed_product_is_the_product_of_the_transposes(case):
 @settings(max_examples=25, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
 def test_transposed_products_against_numpy(T, K, dtype, summed, seed):
-    graph, want = _transposed("summed" if summed else "plain", dtype)
+    from compiler import rewrite as rw
+    saved, rw.TRANSPOSED_PRODUCT_BYTES = rw.TRANSPOSED_PRODUCT_BYTES, 0
+    try:
+        graph, want = _transposed("summed" if summed else "plain", dtype)
+        f = ag.function(graph.inputs, graph.outputs, backend="llvm")
+    finally:
+        rw.TRANSPOSED_PRODUCT_BYTES = saved
     rng = np.random.default_rng(seed)
     shape_a, shape_b = ((T, 5, K), (T, K, 7)) if summed else ((5, K), (K, 7))
     A = rng.normal(size=shape_a).astype(dtype)
     B = rng.normal(size=shape_b).astype(dtype)
-    got = ag.function(graph.inputs, graph.outputs, backend="llvm")(A, B)[0]
+    got = f(A, B)[0]
     tol = 1e-12 if dtype == "float64" else 1e-4
     np.testing.assert_allclose(got, want(A.astype(np.float64), B.astype(np.float64)),
                                rtol=tol, atol=tol)
 
 
 def test_weight_gradients_need_no_transposing_copy():
-    """The gradients of weights used as x·Wᵀ ([4H, D], PyTorch's layout) are written by
-    their products: no map into an output reads a transposed operand (before, a copy
-    of (Σ_t X_tᵀ·δ_t) down its columns: 3.6x slower steps at B = 1, D = H = 512)."""
+    """The gradients of weights of 1 MB or more used as x·Wᵀ ([4H, D], PyTorch's
+    layout) are written by their products: no map into an output reads a transposed
+    operand (before, a copy of (Σ_t X_tᵀ·δ_t) down its columns: 3.6x slower steps at
+    B = 1, D = H = 512)."""
     from compiler.fuse import fuse
     from compiler.loopir import Fused, Map, tree_refs, walk
     from compiler.lower import lower
     from compiler.rewrite import rewrite
     from rnn.workload import training_step
     for cell in ("elman", "lstm", "gru"):
-        model, data, outputs = training_step(cell, 6, 10, "float64")
+        model, data, outputs = training_step(cell, 256, 512, "float64")   # ≥ 1 MB each
         prog = fuse(lower(rewrite(ag.Graph(data + list(model.nodes().values()), outputs))))
         maps = [m for s in walk(prog.body) for m in (s.maps if isinstance(s, Fused) else [s])
                 if isinstance(m, Map) and m.out.buf.kind == "output"]
