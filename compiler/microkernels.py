@@ -115,8 +115,8 @@ def _fnty(kind):
 
 
 def declare(module: ir.Module, kind: str, dtype: str) -> ir.Function:
-    """The kernel `kind` for `dtype` as a declaration in `module` (its code is in the
-    library, see `library_ir`)."""
+    """The kernel `kind` for `dtype` as a declaration in `module` (its code is its own
+    object, see `unit_ir`)."""
     name = symbol(kind, dtype)
     return module.globals.get(name) or ir.Function(module, _fnty(kind), name)
 
@@ -352,8 +352,8 @@ class MicroKernels:
 
     def _rows(self, name, dtype):
         """C = A·B, one row of A at a time, each block of 8 vectors of C's row in
-        registers while k runs down B's rows. For a B of ROWS_STREAM_BYTES or more (out
-        of the caches), `_rows_stream` instead."""
+        registers while k runs down B's rows. A product whose B has ROWS_STREAM_BYTES or
+        more (out of the caches) calls `rows_stream` instead (chosen in `codegen`)."""
         k_ = _Body(self.module, name, SIGNATURES["rows"], dtype)
         b, L, a = k_.b, k_.width, k_.arg
         most = vecmath.vector_registers() // 2
