@@ -120,7 +120,7 @@ def cache_key(program_digest: str) -> str:
     """Hash of everything the object code depends on: the program (`fingerprint`),
     the code generator and its switches, LLVM, the target CPU."""
     from autograph import __version__
-    from . import blas, codegen, lower, rewrite, vecmath
+    from . import blas, codegen, lower, microkernels, rewrite, vecmath
     tm, cpu, features, triple = target_machine()
     h = hashlib.sha256()
     for part in (program_digest, _compiler_digest(), ".".join(map(str, llvm.llvm_version_info)),
@@ -133,6 +133,8 @@ def cache_key(program_digest: str) -> str:
                  str(codegen.TANH_BY_EXPM1), str(codegen.INLINE_EXP), str(codegen.ARRAY_DATA_FIELD),
                  str(codegen.LINE_BYTES), str(codegen.TILED_COPY_BYTES),
                  str(codegen.REDUCE_IN_REGISTERS), str(KERNEL_LSR),
+                 str(microkernels.ROWS_STREAM_BYTES), str(rewrite.TRANSPOSED_PRODUCT_BYTES),
+                 repr([name for name, _ in rewrite.PASSES]),
                  __version__,
                  CACHE_FORMAT.decode()):
         h.update(part.encode())

@@ -829,3 +829,18 @@ def test_weight_gradients_need_no_transposing_copy():
         for m in maps:
             for ref in (r for r in tree_refs(m.tree) if r.strides):
                 assert ref.strides[-1].is_const and ref.strides[-1].const in (0, 1), (cell, m)
+
+
+def test_rewrite_and_streaming_switches_are_in_the_cache_key(monkeypatch):
+    """Kernels compiled with another `TRANSPOSED_PRODUCT_BYTES`, pass list or
+    `ROWS_STREAM_BYTES` (which decide what the code calls) are cached apart."""
+    from compiler import jit, microkernels
+    from compiler import rewrite as rw
+    keys = {jit.cache_key("a program")}
+    monkeypatch.setattr(rw, "TRANSPOSED_PRODUCT_BYTES", 0)
+    keys.add(jit.cache_key("a program"))
+    monkeypatch.setattr(microkernels, "ROWS_STREAM_BYTES", 1 << 10)
+    keys.add(jit.cache_key("a program"))
+    monkeypatch.setattr(rw, "PASSES", [p for p in rw.PASSES if p[0] != "transposed_products"])
+    keys.add(jit.cache_key("a program"))
+    assert len(keys) == 4
