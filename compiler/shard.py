@@ -23,8 +23,8 @@ runs one shard, and `spin.Worker` threads run the others entirely in native code
 wake-up of a sleeping thread). While shards run, OpenBLAS is held to one thread.
 
 Whether to shard is decided by measurement, per binding of the dims: the first
-calls run sharded and the next ones whole, all timed; the faster way is kept from
-then on, and a binding whose whole call is under `SHARD_MIN_SECONDS`
+calls run sharded and the next ones whole, all timed (a second round of both if the
+shards lose the first); the faster way is kept from then on, and a binding whose whole call is under `SHARD_MIN_SECONDS`
 (bench/shard_threshold.py) always runs whole. `AUTOGRAPH_THREADS=1`
 turns sharding off. Sharded and whole calls agree to rounding.
 """
@@ -58,6 +58,8 @@ SHARDED_TRIAL_SECONDS = 0.15   # and for at least this long: threads a multi-thr
 SHARDED_TRIALS_MAX = 64        # call left spinning (~0.1 s) slow the shards meanwhile
 RECHECK_AFTER = 64       # whole calls after a "one thread" verdict before it is raced
                          # again; twice as many after each race that thread count won
+FIRST_ROUNDS = 2         # rounds of trials the shards must lose before a first "one
+                         # thread" verdict (the best call of every round counts)
 
 
 class NotSeparable(Exception):
@@ -584,6 +586,7 @@ class Sharder:
         self._decided: dict = {}     # dims key -> shard count (1 = whole)
         self._recheck: dict = {}     # dims key -> whole calls left before racing again
         self._raced: dict = {}       # dims key -> races run again so far
+        self._rounds: dict = {}      # dims key -> trial rounds of its first race so far
 
     def _key(self, dims):
         return tuple(dims.items())
@@ -621,6 +624,16 @@ class Sharder:
             return
         n = min(thread_count(), dims[self.plan.dim])
         fast = whole[1] >= SHARD_MIN_SECONDS and shard[1] < whole[1]
+        rounds = self._rounds[key] = self._rounds.get(key, 0) + 1
+        if not fast and whole[1] >= SHARD_MIN_SECONDS and rounds < FIRST_ROUNDS:
+            # the first race, lost: another round, at once (a busy second core or another
+            # library's spinning threads during one round's 0.15 s of shards made a small
+            # LSTM step run whole at 15.6 ms, 11.2 in shards, for three benchmark runs)
+            self._trials[key] = ((0, whole[1]), (0, shard[1]))
+            self._trial_start.pop(key, None)
+            log.info("%s: whole call %.0f us, %d shards %.0f us -> another round",
+                     self.plan.dim, whole[1] * 1e6, n, shard[1] * 1e6)
+            return
         self._decided[key] = n if fast else 1
         if not fast and whole[1] >= SHARD_MIN_SECONDS:
             # threads of another library's calls just before (a benchmark's references),
