@@ -1,4 +1,5 @@
-"""`autograph compile`: show every stage of compiling a graph."""
+"""`autograph compile`: show every stage of compiling a graph. `autograph library`:
+build the product kernels for this machine."""
 from __future__ import annotations
 
 import sys
@@ -16,6 +17,27 @@ def add_command(sub) -> None:
     p.add_argument("--stage", choices=STAGES + ("all", "timings"), default="all",
                    help="which stage to print (default all)")
     p.set_defaults(run=run)
+    lib = sub.add_parser("library", help="build the product kernels for this machine, once "
+                                         "(else the first compile that calls one builds it)")
+    lib.add_argument("--rebuild", action="store_true",
+                     help="build them again even where they are stored")
+    lib.set_defaults(run=build_library)
+
+
+def build_library(args) -> int:
+    """Every product kernel of `microkernels` in both dtypes, into `jit.library_dir()`."""
+    from . import jit, microkernels
+
+    t0 = time.perf_counter()
+    before = jit.library_seconds
+    units = [(k, d) for d in microkernels.DTYPES for k in microkernels.SIGNATURES]
+    for kind, dtype in units:
+        jit.library_object(kind, dtype, rebuild=args.rebuild)
+    built = jit.library_seconds - before
+    print(f"{len(units)} product kernels in {jit.library_dir()}: "
+          + (f"built in {built:.2f} s" if built else "all stored already")
+          + f" ({time.perf_counter() - t0:.2f} s in all)")
+    return 0
 
 
 def run(args) -> int:

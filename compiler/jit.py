@@ -142,15 +142,37 @@ def cache_key(program_digest: str) -> str:
     return h.hexdigest()
 
 
-def _entry(key: str, prefix: str) -> pathlib.Path:
-    return cache_dir() / f"{prefix}{key}.o"
+def library_dir() -> pathlib.Path:
+    """Where the product kernels (`microkernels`) are kept, apart from the kernels:
+    $AUTOGRAPH_LIBRARY_DIR, else `autograph/library` in the user's cache directory —
+    not under $AUTOGRAPH_CACHE_DIR, so a new kernel cache (a test's, a CI job's, one
+    cleared to time a cold compile) does not build them again: they are a per-machine
+    library, built once (`autograph library`, run by the README's install command, or
+    the first time a kernel calls one), like a BLAS built for its host. Where that
+    directory cannot be made, the kernel cache serves."""
+    root = os.environ.get("AUTOGRAPH_LIBRARY_DIR")
+    if root:
+        path = pathlib.Path(root)
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
+        path = pathlib.Path(base) / "autograph" / "library"
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as e:
+        log.warning("product-kernel directory %s unusable (%s); using the kernel cache", path, e)
+        return cache_dir()
+    return path
 
 
-def cache_load(key: str, prefix: str = "") -> bytes | None:
-    """The object code stored under `key`, or None. A corrupt, truncated or foreign
-    entry is logged, removed and ignored. Kernels are stored as `<key>.o`, the
-    product-kernel library as `library-<key>.o`."""
-    path = _entry(key, prefix)
+def _entry(key: str, prefix: str, directory: pathlib.Path | None = None) -> pathlib.Path:
+    return (directory or cache_dir()) / f"{prefix}{key}.o"
+
+
+def cache_load(key: str, prefix: str = "", directory: pathlib.Path | None = None) -> bytes | None:
+    """The object code stored under `key` (in `directory`, else the kernel cache), or
+    None. A corrupt, truncated or foreign entry is logged, removed and ignored. Kernels
+    are stored as `<key>.o`, product kernels as `library-<key>.o` (in `library_dir`)."""
+    path = _entry(key, prefix, directory)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -177,9 +199,10 @@ def cache_load(key: str, prefix: str = "") -> bytes | None:
     return payload
 
 
-def cache_store(key: str, payload: bytes, prefix: str = "") -> None:
+def cache_store(key: str, payload: bytes, prefix: str = "",
+                directory: pathlib.Path | None = None) -> None:
     """Write an entry atomically (a temp file in the same directory, then rename)."""
-    d = cache_dir()
+    d = directory or cache_dir()
     blob = (CACHE_FORMAT + bytes.fromhex(key) + hashlib.sha256(payload).digest()
             + len(payload).to_bytes(8, "little") + payload)
     fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".o")
@@ -188,7 +211,7 @@ def cache_store(key: str, payload: bytes, prefix: str = "") -> None:
             f.write(blob)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, _entry(key, prefix))
+        os.replace(tmp, _entry(key, prefix, d))
     except OSError as e:
         log.warning("could not write kernel cache entry: %s", e)
         try:
@@ -215,22 +238,23 @@ def library_key(kind: str, dtype: str) -> str:
     return cache_key(f"microkernel {kind} {dtype}")
 
 
-def library_object(kind: str, dtype: str) -> bytes:
+def library_object(kind: str, dtype: str, rebuild: bool = False) -> bytes:
     """The object code of one product kernel (`microkernels`) for one dtype: built the
-    first time a kernel calls it (once per host and compiler version: cached on disk
-    like a kernel as `library-<key>.o`), then kept for the process."""
+    first time a kernel calls it (once per host and compiler version: stored as
+    `library-<key>.o` in `library_dir`), then kept for the process; `rebuild` builds it
+    again whatever is stored."""
     global library_seconds
     with _lock:
-        obj = _library.get((kind, dtype))
+        obj = None if rebuild else _library.get((kind, dtype))
         if obj is None:
             from .microkernels import unit_ir
-            key = library_key(kind, dtype)
-            obj = cache_load(key, LIBRARY_PREFIX)
+            key, where = library_key(kind, dtype), library_dir()
+            obj = None if rebuild else cache_load(key, LIBRARY_PREFIX, where)
             if obj is None:
                 t0 = time.perf_counter()
                 obj = emit(optimize(unit_ir(kind, dtype)), lsr=True)
                 library_seconds += time.perf_counter() - t0
-                cache_store(key, obj, LIBRARY_PREFIX)
+                cache_store(key, obj, LIBRARY_PREFIX, where)
             _library[kind, dtype] = obj
         return obj
 

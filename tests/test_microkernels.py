@@ -195,20 +195,25 @@ def test_kernels_call_the_library_and_define_no_product_loops():
 
 
 def test_the_library_is_cached_on_disk(tmp_path, monkeypatch):
-    """Each product kernel is built into an empty cache the first time it is asked for,
-    then loaded from it by the next process (here: with the in-process copies dropped)
-    without being built again."""
-    monkeypatch.setenv("AUTOGRAPH_CACHE_DIR", str(tmp_path))
+    """Each product kernel is built into an empty library directory the first time it
+    is asked for, then loaded from it by the next process (here: with the in-process
+    copies dropped) without being built again — with a new kernel cache too."""
+    monkeypatch.setenv("AUTOGRAPH_LIBRARY_DIR", str(tmp_path / "library"))
+    monkeypatch.setenv("AUTOGRAPH_CACHE_DIR", str(tmp_path / "kernels"))
     monkeypatch.setattr(jit, "_library", {})
     monkeypatch.setattr(jit, "library_seconds", 0.0)
     built = jit.library_object("dots", "float64")
     assert jit.library_seconds > 0
-    assert len(list(tmp_path.glob(jit.LIBRARY_PREFIX + "*.o"))) == 1     # only that one
+    assert len(list((tmp_path / "library").glob(jit.LIBRARY_PREFIX + "*.o"))) == 1
+    assert not list(jit.cache_dir().glob("*.o"))         # nothing in the kernel cache
     key = jit.library_key("dots", "float64")
-    assert jit.cache_load(key, jit.LIBRARY_PREFIX) == built
+    assert jit.cache_load(key, jit.LIBRARY_PREFIX, jit.library_dir()) == built
+    monkeypatch.setenv("AUTOGRAPH_CACHE_DIR", str(tmp_path / "other-kernels"))
     monkeypatch.setattr(jit, "_library", {})
     monkeypatch.setattr(jit, "library_seconds", 0.0)
     assert jit.library_object("dots", "float64") == built and jit.library_seconds == 0.0
+    assert jit.library_object("dots", "float64", rebuild=True) == built
+    assert jit.library_seconds > 0
     with pytest.raises(ValueError, match="no product kernel 'gemm'"):
         jit.library_object("gemm", "float64")
 
@@ -225,10 +230,42 @@ def test_a_kernel_loads_the_product_kernels_it_calls(tmp_path, monkeypatch):
     np.testing.assert_allclose(f(np.arange(4.0))[0], np.exp(np.arange(4.0)), rtol=1e-15)
 
 
+def test_the_library_directory_falls_back_to_the_kernel_cache(tmp_path, monkeypatch, caplog):
+    """A library directory that cannot be made (a file is in the way) is logged, and the
+    product kernels are kept in the kernel cache instead."""
+    (tmp_path / "blocked").write_text("not a directory")
+    monkeypatch.setenv("AUTOGRAPH_LIBRARY_DIR", str(tmp_path / "blocked" / "library"))
+    monkeypatch.setenv("AUTOGRAPH_CACHE_DIR", str(tmp_path / "kernels"))
+    monkeypatch.setattr(jit, "_library", {})
+    with caplog.at_level("WARNING", logger="autograph.compiler"):
+        jit.library_object("dots", "float32")
+    assert "unusable" in caplog.text and "blocked" in caplog.text
+    assert len(list((tmp_path / "kernels").glob(jit.LIBRARY_PREFIX + "*.o"))) == 1
+
+
+def test_the_library_command_builds_every_product_kernel(tmp_path, monkeypatch, capsys):
+    """`autograph library` builds each kind in each dtype once; run again, it finds them
+    stored; `--rebuild` builds them again."""
+    from autograph.cli import main
+    monkeypatch.setenv("AUTOGRAPH_LIBRARY_DIR", str(tmp_path))
+    monkeypatch.setattr(microkernels, "DTYPES", ("float32",))    # one dtype: quicker
+    monkeypatch.setattr(jit, "_library", {})
+    assert main(["library"]) == 0
+    out = capsys.readouterr().out
+    kinds = len(microkernels.SIGNATURES)
+    assert f"{kinds} product kernels in {tmp_path}: built in" in out
+    assert len(list(tmp_path.glob(jit.LIBRARY_PREFIX + "*.o"))) == kinds
+    monkeypatch.setattr(jit, "_library", {})
+    assert main(["library"]) == 0
+    assert "all stored already" in capsys.readouterr().out
+    assert main(["library", "--rebuild"]) == 0
+    assert "built in" in capsys.readouterr().out
+
+
 def test_a_damaged_library_entry_is_rebuilt(tmp_path, monkeypatch, caplog):
-    """A corrupt product-kernel file in the cache is logged, ignored and replaced;
-    kernels compiled afterwards run."""
-    monkeypatch.setenv("AUTOGRAPH_CACHE_DIR", str(tmp_path))
+    """A corrupt product-kernel file is logged, ignored and replaced; kernels compiled
+    afterwards run."""
+    monkeypatch.setenv("AUTOGRAPH_LIBRARY_DIR", str(tmp_path))
     monkeypatch.setattr(jit, "_library", {})
     good = jit.library_object("dots", "float64")
     (entry,) = tmp_path.glob(jit.LIBRARY_PREFIX + "*.o")
@@ -237,7 +274,8 @@ def test_a_damaged_library_entry_is_rebuilt(tmp_path, monkeypatch, caplog):
     with caplog.at_level("WARNING", logger="autograph.compiler"):
         assert jit.library_object("dots", "float64") == good
     assert "corrupt or foreign" in caplog.text
-    assert jit.cache_load(jit.library_key("dots", "float64"), jit.LIBRARY_PREFIX) == good
+    assert jit.cache_load(jit.library_key("dots", "float64"), jit.LIBRARY_PREFIX,
+                          tmp_path) == good
     a = ag.placeholder("a", (1, 8), "float64")
     w = ag.placeholder("w", (5, 8), "float64")
     A, W = np.ones((1, 8)), np.arange(40.0).reshape(5, 8)
