@@ -430,3 +430,110 @@ def test_compiled_calls_repeat_the_last_one_safely():
         check(E, i, v)
     t.join()
     assert not errors, errors
+
+
+# ----------------------------------------------------------------------------- output reuse
+
+def _large_product():
+    """A compiled a @ w whose output (256 x 128 float64, 256 KB) is large enough to be
+    taken back from an earlier call (`compiler.jit.REUSE_OUTPUT_BYTES`), and a small
+    sum that never is."""
+    a = ag.placeholder("a", ("B", 64))
+    w = ag.placeholder("w", (64, 128))
+    return ag.function([a, w], [a @ w, ag.sum(a, axis=0)], backend="llvm")
+
+
+def test_large_outputs_the_caller_dropped_are_reused(monkeypatch):
+    """A large output array that nothing references any more is filled again by a later
+    call (its pages are mapped already); small ones are always new; every answer is
+    right."""
+    import weakref
+    from compiler import jit
+    monkeypatch.setenv("AUTOGRAPH_SHARD", "never")
+    f = _large_product()
+    r = np.random.default_rng(0)
+    w = r.standard_normal((64, 128))
+    large, small = [], []
+    for k in range(6):
+        a = r.standard_normal((256, 64))
+        out = f(a, w)
+        np.testing.assert_allclose(out[0], a @ w, rtol=1e-12)
+        np.testing.assert_allclose(out[1], a.sum(0), rtol=1e-12)
+        assert out[0].nbytes >= jit.REUSE_OUTPUT_BYTES > out[1].nbytes
+        for seen, x in ((large, out[0]), (small, out[1])):
+            if any(ref() is x for ref in seen):
+                seen.append(None)                   # an array returned before
+            else:
+                seen.append(weakref.ref(x))
+        del out, x
+    assert large.count(None) >= 3 and small.count(None) == 0
+
+
+def test_outputs_the_caller_holds_are_never_overwritten(monkeypatch):
+    """Kept outputs, views of them, outputs passed back in as inputs, outputs held by a
+    training loop's variables while it makes the next call: none of them changes."""
+    monkeypatch.setenv("AUTOGRAPH_SHARD", "never")     # whole calls (shards: below)
+    f = _large_product()
+    r = np.random.default_rng(1)
+    w = r.standard_normal((64, 128))
+    batches = [r.standard_normal((256, 64)) for _ in range(8)]
+    kept = f(batches[0], w)[0]                          # kept whole
+    view = f(batches[1], w)[0][:10, :5]                 # only a view kept (holds its base)
+    grads = None
+    for a in batches[2:6]:                              # `grads = step(...)`: the last
+        grads = f(a, w)                                 # call's outputs held meanwhile
+        np.testing.assert_allclose(grads[0], a @ w, rtol=1e-12)
+    sq = r.standard_normal((256, 64))
+    back = f(sq, w)[0][:, :64].copy()
+    fed = f(sq, w)[0]                                   # an output fed back as an input
+    np.testing.assert_allclose(f(np.ascontiguousarray(fed[:, :64]), w)[0],
+                               fed[:, :64] @ w, rtol=1e-12)
+    for a in batches[6:]:
+        f(a, w)
+    np.testing.assert_allclose(kept, batches[0] @ w, rtol=1e-12)
+    np.testing.assert_allclose(view, (batches[1] @ w)[:10, :5], rtol=1e-12)
+    np.testing.assert_allclose(grads[0], batches[5] @ w, rtol=1e-12)
+    np.testing.assert_allclose(fed[:, :64], back, rtol=1e-12)
+
+
+def test_output_reuse_in_shards_and_threads(monkeypatch):
+    """Sharded calls (each shard's outputs reused apart) and calls from two threads
+    (each thread its own outputs) keep every held output intact."""
+    import threading
+    monkeypatch.setenv("AUTOGRAPH_SHARD", "always")
+    monkeypatch.setenv("AUTOGRAPH_THREADS", "2")
+    a = ag.placeholder("a", ("B", 256))
+    f = ag.function([a], [ag.transpose(a) @ a], backend="llvm")    # summed over shards
+    g = _large_product()
+    r = np.random.default_rng(2)
+    w_ = r.standard_normal((64, 128))
+    errors = []
+
+    def loop(seed):
+        rr = np.random.default_rng(seed)
+        try:
+            held = []
+            for k in range(12):
+                a_ = rr.standard_normal((256, 64))
+                out = g(a_, w_)
+                if k % 3 == 0:
+                    held.append((a_, out))
+            for a_, out in held:
+                np.testing.assert_allclose(out[0], a_ @ w_, rtol=1e-12)
+        except Exception as e:          # pragma: no cover - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=loop, args=(s,)) for s in (3, 4)]
+    for t in threads:
+        t.start()
+    held = []
+    for k in range(8):
+        a_ = r.standard_normal((64, 256))
+        out = f(a_)[0]
+        if k % 2:
+            held.append((a_, out))
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert f.runner.sharder.shards_for({"B": 64}) == 2
+    for a_, out in held:
+        np.testing.assert_allclose(out, a_.T @ a_, rtol=1e-11)
