@@ -133,6 +133,7 @@ def cache_key(program_digest: str) -> str:
                  repr(vecmath.isa()), repr(vecmath.has("expm1", "float64")),
                  str(codegen.TANH_BY_EXPM1), str(codegen.INLINE_EXP), str(codegen.ARRAY_DATA_FIELD),
                  str(codegen.LINE_BYTES), str(codegen.TILED_COPY_BYTES),
+                 str(codegen.THIN_MAX_K), str(codegen.THIN_MAX_OUT),
                  str(codegen.REDUCE_IN_REGISTERS), str(KERNEL_LSR),
                  str(microkernels.ROWS_STREAM_BYTES), str(rewrite.TRANSPOSED_PRODUCT_BYTES),
                  repr([name for name, _ in rewrite.PASSES]),

@@ -847,4 +847,9 @@ def test_rewrite_and_streaming_switches_are_in_the_cache_key(monkeypatch):
     keys.add(jit.cache_key("a program"))
     monkeypatch.setattr(rw, "PASSES", [p for p in rw.PASSES if p[0] != "transposed_products"])
     keys.add(jit.cache_key("a program"))
-    assert len(keys) == 4
+    from compiler import codegen
+    monkeypatch.setattr(codegen, "THIN_MAX_K", 0)
+    keys.add(jit.cache_key("a program"))
+    monkeypatch.setattr(codegen, "THIN_MAX_OUT", 1)
+    keys.add(jit.cache_key("a program"))
+    assert len(keys) == 6

@@ -312,6 +312,33 @@ def test_top_level_products_in_tiles_alone_or_in_shards(dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_thin_weight_gradients_in_the_tiles(dtype):
+    """δᵀ·X over a short k (T ≤ THIN_MAX_K) with an output of up to THIN_MAX_OUT
+    elements runs in the tiles whatever its work; a longer k, a larger output or a
+    row-major A goes to OpenBLAS as before. Each case against NumPy, with OpenBLAS on
+    one thread and on its default."""
+    from compiler import codegen
+    from compiler.shard import blas_threads
+    d = ag.placeholder("d", ("T", 512), dtype)
+    x = ag.placeholder("x", ("T", 1024), dtype)
+    kernel = ag.function([d, x], [ag.transpose(d) @ x], backend="llvm").runner.kernel
+    assert re.search(r'call void @"?ag_panels_' + dtype, kernel.ir_text)
+    assert 512 * 1024 <= codegen.THIN_MAX_OUT and 512 * 1024 * codegen.THIN_MAX_K > (
+        codegen.TOP_TILES_MAX_WORK)
+    rng = np.random.default_rng(0)
+    for T in (1, 8, codegen.THIN_MAX_K, codegen.THIN_MAX_K + 1, 40):
+        D = rng.standard_normal((T, 512)).astype(dtype)
+        X = rng.standard_normal((T, 1024)).astype(dtype)
+        for threads in (1, None):
+            blas_threads.set(threads)
+            try:
+                got = kernel.run([D, X], {"T": T})[0]
+            finally:
+                blas_threads.set(None)
+            np.testing.assert_allclose(got, D.T @ X, **_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_small_transposed_weights_outside_loops_are_copied_for_the_tiles(dtype):
     """x·Wᵀ outside any loop, W small and static, its width a multiple of two vectors:
     Wᵀ is copied row-major first and the product reads the copy (so the tiles, not a
