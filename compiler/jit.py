@@ -361,6 +361,7 @@ def _refs(seq, j) -> int:
 
 
 _UNSHARED = _refs([np.empty(0)], 0)   # an array that only the list holds
+_FREE = list(map(sys.getrefcount, [np.empty(0)]))[0]     # the same, counted through map
 
 
 class Outputs:
@@ -371,19 +372,40 @@ class Outputs:
     the caller keeps, passes back in as an input, or holds a view of, is never
     reused while it does. Costs no memory at the peak of a call (the array reused is
     one the caller dropped); between calls it keeps up to one more set of them
-    alive, as the arena is kept."""
-    __slots__ = ("specs", "reuse", "spare", "new")
+    alive, as the arena is kept.
+
+    When every output is small, a whole earlier set is taken back when nothing else
+    holds any of its arrays (one reference count each, in C: `np.empty` costs ~0.5 µs
+    an array here, a tiny training step has 7 to 10 outputs), and `same` tells that
+    they are the very arrays of the last call (whose handles the caller's table holds
+    already)."""
+    __slots__ = ("specs", "reuse", "spare", "new", "free", "same")
 
     def __init__(self, specs):
         self.specs = specs
         self.reuse = [int(np.prod(shape)) * np.dtype(dtype).itemsize >= REUSE_OUTPUT_BYTES
                       for shape, dtype in specs]
         self.spare: list = []        # earlier calls' outputs, newest first
+        self.free = [_FREE] * len(specs)
+        self.same = False            # new() returned the last call's arrays
         # new(): a call's output arrays
-        self.new = (self._taken_back if any(self.reuse)
-                    else functools.partial(_new_outputs, specs))
+        self.new = self._taken_back if any(self.reuse) else self._small
+
+    def _small(self) -> list:
+        spare = self.spare
+        for i, gen in enumerate(spare):
+            if list(map(sys.getrefcount, gen)) == self.free:
+                self.same = i == 0
+                if i:
+                    self.spare = [gen] + spare[:i] + spare[i + 1:]
+                return list(gen)
+        outs = list(itertools.starmap(np.empty, self.specs))
+        self.same = False
+        self.spare = [list(outs)] + spare[:REUSE_GENERATIONS - 1]
+        return outs
 
     def _taken_back(self) -> list:
+        self.same = False
         outs = []
         for j, spec in enumerate(self.specs):
             a = None
@@ -395,10 +417,6 @@ class Outputs:
             outs.append(np.empty(*spec) if a is None else a)
         self.spare = [list(outs)] + self.spare[:REUSE_GENERATIONS - 1]
         return outs
-
-
-def _new_outputs(specs) -> list:
-    return list(itertools.starmap(np.empty, specs))
 
 
 class Scratch:
@@ -599,7 +617,7 @@ class Kernel:
         sc = getattr(self._local, "scratch", None)
         if not NATIVE_HEADERS or sc is None or sc.key != self._binding(dims):
             return None
-        ins, last, ous, new_outputs = sc.ins, sc.last, sc.ous, sc.outputs.new
+        ins, last, ous, pool = sc.ins, sc.last, sc.ous, sc.outputs
         status, n = sc.status, len(sc.layout.outs)
         run = self._native_call(sc.args, status, REPEAT_WITH_WORKER and not self.loops)
         keep = (sc.layout, sc.arena)     # the addresses in `args` stay theirs
@@ -613,8 +631,9 @@ class Kernel:
                     ins[i] = id(a)
                     last[i] = a          # (held, so the address stays its own)
                 i += 1
-            outs = new_outputs()
-            ous[:n] = list(map(id, outs))
+            outs = pool.new()
+            if not pool.same:            # (else `ous` holds these arrays already)
+                ous[:n] = list(map(id, outs))
             run()
             if status[0]:
                 self._raise(status)

@@ -537,3 +537,47 @@ def test_output_reuse_in_shards_and_threads(monkeypatch):
     assert f.runner.sharder.shards_for({"B": 64}) == 2
     for a_, out in held:
         np.testing.assert_allclose(out, a_.T @ a_, rtol=1e-11)
+
+
+def test_small_outputs_reused_as_a_set_only_when_all_are_free(monkeypatch):
+    """When every output is small, a whole earlier set is returned again once nothing
+    else holds any of its arrays; the set a caller still holds (or one array of it,
+    or a view) is not; switching between the last and the earlier set writes each
+    call's results into the arrays it returns."""
+    import weakref
+    monkeypatch.setenv("AUTOGRAPH_SHARD", "never")
+    a = ag.placeholder("a", ("B", 4))
+    f = ag.function([a], [a * 2.0, ag.sum(a, axis=0), ag.tanh(a)], backend="llvm")
+    r = np.random.default_rng(3)
+
+    def check(x, out):
+        np.testing.assert_allclose(out[0], x * 2.0, rtol=1e-15)
+        np.testing.assert_allclose(out[1], x.sum(0), rtol=1e-14)
+        np.testing.assert_allclose(out[2], np.tanh(x), rtol=1e-14)
+    x = r.standard_normal((5, 4))
+    refs = []
+    for _ in range(4):                               # dropped each time: one set, again
+        out = f(x)
+        check(x, out)
+        refs.append(weakref.ref(out[0]))
+        del out
+    assert refs[-1]() is not None and refs[-1]() is refs[-2]()
+    x1, x2, x3, x4 = (r.standard_normal((5, 4)) for _ in range(4))
+    r1 = f(x1)
+    r2 = f(x2)                                       # r1 held: other arrays
+    assert not any(p is q for p, q in zip(r1, r2))
+    check(x1, r1)
+    del r1
+    r3 = f(x3)                                       # r2 held, r1's set free: taken back
+    check(x2, r2)
+    check(x3, r3)
+    one = r3[1]                                      # one array of r3 kept
+    view = r2[2][1:, :2]                             # a view of r2's third output
+    del r2, r3
+    r4 = f(x4)
+    r5 = f(x1)
+    check(x4, r4)
+    check(x1, r5)
+    np.testing.assert_allclose(one, x3.sum(0), rtol=1e-14)
+    np.testing.assert_allclose(view, np.tanh(x2)[1:, :2], rtol=1e-14)
+    assert all(o is not one for o in (*r4, *r5))
