@@ -853,3 +853,41 @@ def test_rewrite_and_streaming_switches_are_in_the_cache_key(monkeypatch):
     monkeypatch.setattr(codegen, "THIN_MAX_OUT", 1)
     keys.add(jit.cache_key("a program"))
     assert len(keys) == 6
+
+
+def test_the_collector_is_paused_while_compiling_and_restored(monkeypatch):
+    """Python's cyclic collector is off while a graph is lowered and its code generated
+    and compiled, and as it was afterwards — enabled or disabled, after a failure too;
+    a cache hit leaves it alone."""
+    import gc
+    from compiler import jit, pipeline
+    x = ag.placeholder("x", ("B", 5))
+    during = []
+
+    def watch(fn):
+        def watched(*args, **kwargs):
+            during.append((fn.__name__, gc.isenabled()))
+            return fn(*args, **kwargs)
+        return watched
+    build, emit_text = pipeline.build, jit.emit_text
+    monkeypatch.setattr(pipeline, "build", watch(build))
+    monkeypatch.setattr(jit, "emit_text", watch(emit_text))
+    graph = ag.Graph([x], [ag.tanh(x) * 3.0 + ag.exp(x)])
+    compiler.compile_graph(graph)
+    assert during == [("build", False), ("emit_text", False)] and gc.isenabled()
+    during.clear()
+    compiler.compile_graph(graph)                   # a hit: nothing built, nothing paused
+    assert during == [] and gc.isenabled()
+    gc.disable()
+    try:
+        compiler.compile_graph(ag.Graph([x], [ag.tanh(x) - 1.0]), use_cache=False)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+    def broken(graph):
+        raise RuntimeError("a pass failed")
+    monkeypatch.setattr(pipeline, "build", broken)
+    with pytest.raises(ag.BackendError, match="a pass failed"):
+        compiler.compile_graph(ag.Graph([x], [ag.sigmoid(x)]), use_cache=False)
+    assert gc.isenabled()
