@@ -24,9 +24,10 @@ wake-up of a sleeping thread). While shards run, OpenBLAS is held to one thread.
 
 Whether to shard is decided by measurement, per binding of the dims: the first
 calls run sharded and the next ones whole, all timed (a second round of both if the
-shards lose the first); the faster way is kept from then on, and a binding whose whole call is under `SHARD_MIN_SECONDS`
-(bench/shard_threshold.py) always runs whole. `AUTOGRAPH_THREADS=1`
-turns sharding off. Sharded and whole calls agree to rounding.
+shards lose the first); the faster way is kept from then on, and a binding whose
+whole call is under `SHARD_MIN_SECONDS` (bench/shard_threshold.py) always runs
+whole. `AUTOGRAPH_THREADS=1` turns sharding off. Sharded and whole calls agree to
+rounding.
 """
 from __future__ import annotations
 
@@ -608,11 +609,12 @@ class Sharder:
 
     def _record(self, dims, seconds, sharded=False):
         """Time one trial call. After SHARDED_TRIALS sharded calls and TRIAL_CALLS whole
-        ones (in that order, see `_trial_sharded`) the faster way is kept; a binding whose whole call is under
-        SHARD_MIN_SECONDS runs whole. (On a 2-core AVX2 machine the Elman step at the
-        medium size in float32 ran 36.6 ms whole and 55.5 ms in shards, while small
-        LSTM and GRU steps ran 1.3–1.4x faster in shards: the whole-call time alone
-        misleads.)"""
+        ones (in that order, see `_trial_sharded`) the faster way is kept — when the
+        shards lose a binding's first race, after a second round (FIRST_ROUNDS) — and a
+        binding whose whole call is under SHARD_MIN_SECONDS runs whole. (On a 2-core
+        AVX2 machine the Elman step at the medium size in float32 ran 36.6 ms whole and
+        55.5 ms in shards, while small LSTM and GRU steps ran 1.3–1.4x faster in
+        shards: the whole-call time alone misleads.)"""
         key = self._key(dims)
         whole, shard = self._trials.get(key, ((0, float("inf")), (0, float("inf"))))
         if sharded:
