@@ -94,17 +94,23 @@ def emit(mod, lsr: bool = True) -> bytes:
 
 # ----------------------------------------------------------------------------- disk cache
 
-def cache_dir() -> pathlib.Path:
-    """Where compiled kernels are kept: $AUTOGRAPH_CACHE_DIR, else the user's cache
-    directory. Created private to the user (mode 0700)."""
-    root = os.environ.get("AUTOGRAPH_CACHE_DIR")
+def _private_dir(variable: str, leaf: str) -> pathlib.Path:
+    """$`variable`, else `autograph/<leaf>` in the user's cache directory ($XDG_CACHE_HOME
+    or ~/.cache), created private to the user (mode 0700)."""
+    root = os.environ.get(variable)
     if root:
         path = pathlib.Path(root)
     else:
         base = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
-        path = pathlib.Path(base) / "autograph" / "kernels"
+        path = pathlib.Path(base) / "autograph" / leaf
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     return path
+
+
+def cache_dir() -> pathlib.Path:
+    """Where compiled kernels are kept: $AUTOGRAPH_CACHE_DIR, else the user's cache
+    directory. Created private to the user (mode 0700)."""
+    return _private_dir("AUTOGRAPH_CACHE_DIR", "kernels")
 
 
 @functools.lru_cache(maxsize=None)
@@ -152,18 +158,12 @@ def library_dir() -> pathlib.Path:
     library, built once (`autograph library`, run by the README's install command, or
     the first time a kernel calls one), like a BLAS built for its host. Where that
     directory cannot be made, the kernel cache serves."""
-    root = os.environ.get("AUTOGRAPH_LIBRARY_DIR")
-    if root:
-        path = pathlib.Path(root)
-    else:
-        base = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
-        path = pathlib.Path(base) / "autograph" / "library"
     try:
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return _private_dir("AUTOGRAPH_LIBRARY_DIR", "library")
     except OSError as e:
-        log.warning("product-kernel directory %s unusable (%s); using the kernel cache", path, e)
+        log.warning("product-kernel directory unusable (%s); using the kernel cache; set "
+                    "AUTOGRAPH_LIBRARY_DIR to a writable directory", e)
         return cache_dir()
-    return path
 
 
 def _entry(key: str, prefix: str, directory: pathlib.Path | None = None) -> pathlib.Path:

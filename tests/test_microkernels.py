@@ -289,7 +289,6 @@ def test_top_level_products_in_tiles_alone_or_in_shards(dtype):
     multiply-adds, and up to TILES_IN_SHARDS when OpenBLAS is on one thread (as in a
     sharded call); beyond, OpenBLAS. Each case against NumPy."""
     from compiler import codegen
-    from compiler.shard import blas_threads
     nr = 2 * vecmath.lanes(dtype)
     M, K, N = "M", 100, 8 * nr
     a = ag.placeholder("a", (M, K), dtype)
@@ -302,23 +301,28 @@ def test_top_level_products_in_tiles_alone_or_in_shards(dtype):
              codegen.TILES_IN_SHARDS // (K * N) - 3]              # tiles only on one thread
     for rows in sizes:
         A = rng.standard_normal((rows, K)).astype(dtype)
-        for threads in (1, None):
-            blas_threads.set(threads)
-            try:
-                got = kernel.run([A, W], {"M": rows})[0]
-            finally:
-                blas_threads.set(None)
+        for got in _on_blas_threads(kernel, [A, W], {"M": rows}):
             np.testing.assert_allclose(got, A @ W, **_tol(dtype))
+
+
+def _on_blas_threads(kernel, arrays, dims):
+    """The kernel's first output with OpenBLAS on one thread (as in a sharded call),
+    then on its default count."""
+    from compiler.shard import blas_threads
+    for threads in (1, None):
+        blas_threads.set(threads)
+        try:
+            yield kernel.run(arrays, dims)[0]
+        finally:
+            blas_threads.set(None)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_thin_weight_gradients_in_the_tiles(dtype):
     """δᵀ·X over a short k (T ≤ THIN_MAX_K) with an output of up to THIN_MAX_OUT
-    elements runs in the tiles whatever its work; a longer k, a larger output or a
-    row-major A goes to OpenBLAS as before. Each case against NumPy, with OpenBLAS on
-    one thread and on its default."""
+    elements runs in the tiles whatever its work; a longer k goes to OpenBLAS as before.
+    Each case against NumPy, with OpenBLAS on one thread and on its default."""
     from compiler import codegen
-    from compiler.shard import blas_threads
     d = ag.placeholder("d", ("T", 512), dtype)
     x = ag.placeholder("x", ("T", 1024), dtype)
     kernel = ag.function([d, x], [ag.transpose(d) @ x], backend="llvm").runner.kernel
@@ -329,12 +333,7 @@ def test_thin_weight_gradients_in_the_tiles(dtype):
     for T in (1, 8, codegen.THIN_MAX_K, codegen.THIN_MAX_K + 1, 40):
         D = rng.standard_normal((T, 512)).astype(dtype)
         X = rng.standard_normal((T, 1024)).astype(dtype)
-        for threads in (1, None):
-            blas_threads.set(threads)
-            try:
-                got = kernel.run([D, X], {"T": T})[0]
-            finally:
-                blas_threads.set(None)
+        for got in _on_blas_threads(kernel, [D, X], {"T": T}):
             np.testing.assert_allclose(got, D.T @ X, **_tol(dtype))
 
 
