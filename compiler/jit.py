@@ -23,6 +23,7 @@ from autograph.errors import BackendError, InputError
 from autograph.graph import Graph
 
 from . import spin
+from . import codegen
 from .codegen import ARRAY_DATA_FIELD, dots_apply, dots_pair, emit_text, may_split
 from .loopir import Loop, MatMul, Program, fingerprint, walk
 
@@ -139,7 +140,9 @@ def cache_key(program_digest: str) -> str:
                  repr(vecmath.isa()), repr(vecmath.has("expm1", "float64")),
                  str(codegen.TANH_BY_EXPM1), str(codegen.INLINE_EXP), str(codegen.ARRAY_DATA_FIELD),
                  str(codegen.LINE_BYTES), str(codegen.TILED_COPY_BYTES),
-                 str(codegen.THIN_MAX_K), str(codegen.THIN_MAX_OUT),
+                 str(codegen.THIN_MAX_K), str(codegen.THIN_MAX_OUT), str(codegen.UNIT_SPLIT),
+                 str(codegen.UNIT_SPLIT_BYTES), str(codegen.UNIT_SPLIT_MAX_BYTES),
+                 str(microkernels.PAR_SPLIT_BYTES),
                  str(codegen.REDUCE_IN_REGISTERS), str(KERNEL_LSR),
                  str(microkernels.ROWS_STREAM_BYTES), str(rewrite.TRANSPOSED_PRODUCT_BYTES),
                  repr([name for name, _ in rewrite.PASSES]),
@@ -449,7 +452,8 @@ class Kernel:
         stmts = list(walk(prog.body))
         self.parallel = any(isinstance(s, MatMul) and dots_apply(s) and may_split(s)
                             for s in stmts) or any(dots_pair(a, b)
-                                                   for a, b in zip(stmts, stmts[1:]))
+                                                   for a, b in zip(stmts, stmts[1:])) \
+            or (codegen.UNIT_SPLIT and codegen.unit_plan(prog.body) is not None)
         self.loops = any(isinstance(s, Loop) for s in prog.body)
 
     @functools.cached_property
