@@ -562,7 +562,7 @@ class Kernel:
         if key != sc.key:
             layout = sc.layout = self._layout(dims)
             if sc.arena is None or sc.arena.size < layout.nbytes:
-                sc.arena = np.empty(layout.nbytes, dtype=np.uint8)
+                sc.arena = _arena(layout.nbytes)
             sc.key = key
             sc.outputs = Outputs(layout.outs)
             sc.args = (layout.dims_ptr, ctypes.addressof(sc.ins), ctypes.addressof(sc.ous),
@@ -659,7 +659,7 @@ class Kernel:
                 raise InputError(f"input {name!r}: bind needs a C-contiguous aligned array; "
                                  "pass np.ascontiguousarray(...)")
         layout = self._layout(dims)
-        arena = np.empty(layout.nbytes, dtype=np.uint8)
+        arena = _arena(layout.nbytes)
         outs = [np.empty(shape, dtype) for shape, dtype in layout.outs]
         heads: list = []
         ins = (ctypes.c_void_p * max(len(arrays), 1))(*handles(arrays, heads))
@@ -678,6 +678,20 @@ class Kernel:
         call.keep = keep
         call.args, call.status = args, status     # the raw call (sharded bound calls)
         return call, outs
+
+
+ARENA_ALIGN = 64      # bytes: a cache line
+
+
+def _arena(nbytes: int) -> np.ndarray:
+    """A kernel's arena: `nbytes` starting at a cache line (NumPy's allocations start
+    at 16 or 32 bytes past one for small arrays), so the slots (each a whole number of
+    lines, `Program.arena_layout`) do too: no vector load of a slot crosses a line
+    needlessly, and two threads writing neighbouring blocks of a slot (`unit_plan`)
+    never write one line."""
+    raw = np.empty(nbytes + ARENA_ALIGN, dtype=np.uint8)
+    skip = -_data_ptr(raw) % ARENA_ALIGN
+    return raw[skip:skip + nbytes]
 
 
 def _threads() -> int:
