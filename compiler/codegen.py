@@ -1289,4 +1289,17 @@ def _emit(prog: Program, name: str):
     module = ir.Module(name=name)
     em = Emitter(module, prog, name)
     em.build()
+    _packed_entry(module, em.fn)
     return module, em.vec_used
+
+
+def _packed_entry(module, kernel):
+    """void <kernel>_packed(ptr args): the kernel on the six pointers at `args`. A
+    prepared call passes one pointer through ctypes instead of six (~0.4 µs less a
+    call here: `jit.Kernel._native_call`)."""
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR]), f"{kernel.name}_packed")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    args = [b.load(b.gep(fn.args[0], [ir.Constant(I64, k)], source_etype=PTR), typ=PTR)
+            for k in range(6)]
+    b.call(kernel, args)
+    b.ret_void()

@@ -228,6 +228,7 @@ def cache_store(key: str, payload: bytes, prefix: str = "",
 # ----------------------------------------------------------------------------- kernels
 
 _KERNEL_T = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 6)
+_PACKED_T = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 # Plain calls that repeat the last one (`Kernel.repeat`) of a kernel without loops (one
 # step of a cell) hand half of their large single-row products to the worker, as bound
 # calls do: a B = 1 LSTM step float64 32.6 -> 26.2 µs. Training steps (loops) do not:
@@ -301,10 +302,11 @@ def jit(prog: Program, use_cache: bool = True, obj: bytes | None = None):
     engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
     engine.finalize_object()
     addr = engine.get_function_address("kernel")
-    if not addr:
+    packed = engine.get_function_address("kernel_packed")
+    if not (addr and packed):
         raise BackendError("the compiled object has no kernel function")
     seconds += time.perf_counter() - t1
-    return engine, addr, codegen, seconds, hit, obj
+    return engine, (addr, packed), codegen, seconds, hit, obj
 
 
 def _slow_data_ptr(a: np.ndarray) -> int:
@@ -441,9 +443,10 @@ class Kernel:
     def __init__(self, graph: Graph, prog: Program, use_cache: bool = True,
                  obj: bytes | None = None):
         self.graph, self.prog = graph, prog
-        (self.engine, addr, self.codegen_seconds, self.compile_seconds,
+        (self.engine, (addr, packed), self.codegen_seconds, self.compile_seconds,
          self.cache_hit, self.object_code) = jit(prog, use_cache, obj)
         self._fn = _KERNEL_T(addr)   # the engine stays alive as long as this kernel
+        self._packed = _PACKED_T(packed)      # the same on a table of its six arguments
         self.address = addr
         self._layouts: dict = {}
         self._local = threading.local()       # .scratch: this thread's `Scratch`
@@ -590,10 +593,13 @@ class Kernel:
         holds it (a sharded run) or the worker is asleep (woken now, for the next call),
         one thread runs all. Used by the prepared calls only (`bind`, `repeat`): a
         call through every layer did ~30 µs of Python and left the cores' caches
-        cold; the split gained nothing there (measured)."""
-        fn = self._fn
+        cold; the split gained nothing there (measured). The call passes ctypes one
+        pointer, to a table of the six arguments (`codegen._packed_entry`)."""
+        table = (ctypes.c_void_p * 6)(*args)
+        fn = functools.partial(self._packed, ctypes.addressof(table))
         if not (worker and self.parallel and _threads() > 1):
-            return functools.partial(fn, *args)
+            fn.keep = table
+            return fn
         with spin.lock:
             worker = spin.workers(1)[0]
         lock, words, address = spin.lock, worker.words, worker.address
@@ -602,12 +608,13 @@ class Kernel:
             if lock.acquire(False):
                 try:
                     status[2] = 0 if words[2] and worker.awake() is False else address
-                    fn(*args)
+                    fn()
                 finally:
                     status[2] = 0
                     lock.release()
             else:
-                fn(*args)
+                fn()
+        call.keep = table
         return call
 
     def repeat(self, dims):
