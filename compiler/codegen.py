@@ -832,18 +832,14 @@ class Emitter:
     def _post(self, job, before):
         """i1: `job` posted to the worker whose words status[2] holds (called with this
         kernel's arguments), which was idle; `before` receives its post count."""
-        from .spin import store_release
+        from .spin import emit_idle, store_release
         b = self.b
         mb = self._mailbox()
         with b.goto_entry_block():
             flag = b.alloca(I1, name="posted")
         b.store(ir.Constant(I1, 0), flag)
         with b.if_then(b.icmp_unsigned("!=", b.ptrtoint(mb, I64), self.i64(0))):
-            posted0 = b.load_atomic(self._word(mb, 0), "acquire", 8, typ=I64)
-            done0 = b.load_atomic(self._word(mb, 1), "acquire", 8, typ=I64)
-            asleep = b.load_atomic(self._word(mb, 2), "monotonic", 8, typ=I64)
-            idle = b.and_(b.icmp_unsigned("==", posted0, done0),
-                          b.icmp_unsigned("==", asleep, self.i64(0)))
+            idle, posted0 = emit_idle(b, lambda k: self._word(mb, k))
             with b.if_then(idle):
                 b.store(b.ptrtoint(job, I64), self._word(mb, 3))
                 for k, a in enumerate(self.fn.args):
@@ -854,37 +850,16 @@ class Emitter:
         return b.load(flag, typ=I1)
 
     def _join(self, job, before):
-        """Wait for the posted job; if no worker has claimed it after RETRACT_POLLS
-        polls (it fell asleep), claim it back and run it here (`microkernels.par_dots`
-        does the same with half a product)."""
-        from .spin import _pause, store_release
-        b, fn = self.b, self.fn
+        """Wait for the posted job, or take it back and run it here if no worker
+        claims it (`spin.emit_join`, as `microkernels.par_dots` does with half a
+        product)."""
+        from .spin import emit_join
+        b = self.b
         mb = self._mailbox()
-        posted0 = b.load(before, typ=I64)
-        posted = b.add(posted0, self.i64(1))
-        poll_bb, pause_bb, retract_bb, mine_bb, exit_bb = (fn.append_basic_block(n) for n in (
-            "join.poll", "join.pause", "join.retract", "join.mine", "join.exit"))
-        pre = b.block
-        b.branch(poll_bb)
-        b.position_at_end(poll_bb)
-        polls = b.phi(I64, name="polls")
-        polls.add_incoming(self.i64(0), pre)
-        finished = b.load_atomic(self._word(mb, 1), "acquire", 8, typ=I64)
-        b.cbranch(b.icmp_unsigned("==", finished, posted), exit_bb, pause_bb)
-        b.position_at_end(pause_bb)
-        _pause(self.module, b, _x86())
-        nxt = b.add(polls, self.i64(1))
-        polls.add_incoming(nxt, pause_bb)
-        b.cbranch(b.icmp_signed("==", nxt, self.i64(microkernels.RETRACT_POLLS)),
-                  retract_bb, poll_bb)
-        b.position_at_end(retract_bb)
-        claim = b.cmpxchg(self._word(mb, 10), posted0, posted, "acq_rel", "monotonic")
-        polls.add_incoming(nxt, retract_bb)
-        b.cbranch(b.extract_value(claim, 1), mine_bb, poll_bb)
-        b.position_at_end(mine_bb)
-        b.call(job, list(fn.args))
-        store_release(b, posted, self._word(mb, 1))
-        b.branch(exit_bb)
+        exit_bb = self.fn.append_basic_block("join.exit")
+        emit_join(self.module, b, lambda k: self._word(mb, k), b.load(before, typ=I64),
+                  microkernels.RETRACT_POLLS, _x86(),
+                  lambda: b.call(job, list(self.fn.args)), exit_bb)
         b.position_at_end(exit_bb)
 
     def _word(self, base, k):

@@ -268,7 +268,7 @@ class MicroKernels:
     def _par(self, name, dtype, kind, count):
         """`count` dots products, each product's columns split at a multiple of 8 (one
         under 16 columns stays whole here), the second parts posted as one job."""
-        from .spin import _pause, store_release
+        from .spin import emit_idle, emit_join, store_release
         k_ = _Body(self.module, name, SIGNATURES[kind], dtype)
         b, a, fn = k_.b, k_.arg, k_.fn
         dots = declare(self.module, "dots", dtype)
@@ -298,11 +298,7 @@ class MicroKernels:
         run(products)
         b.branch(exit_bb)
         b.position_at_end(check_bb)
-        posted0 = b.load_atomic(word(0), "acquire", 8, typ=I64)
-        done0 = b.load_atomic(word(1), "acquire", 8, typ=I64)
-        asleep = b.load_atomic(word(2), "monotonic", 8, typ=I64)
-        idle = b.and_(b.icmp_unsigned("==", posted0, done0),
-                      b.icmp_unsigned("==", asleep, k_.c(0)))
+        idle, posted0 = emit_idle(b, word)
         b.cbranch(idle, split_bb, whole_bb)
         b.position_at_end(split_bb)
         firsts, seconds = [], []
@@ -323,28 +319,8 @@ class MicroKernels:
         store_release(b, posted, word(0))
         run(firsts)
         # wait for the worker's part; take it back if no worker has claimed it
-        poll_bb, pause_bb, retract_bb, mine_bb = (fn.append_basic_block(n) for n in (
-            "poll", "pause", "retract", "mine"))
-        pre = b.block
-        b.branch(poll_bb)
-        b.position_at_end(poll_bb)
-        polls = b.phi(I64, name="polls")
-        polls.add_incoming(k_.c(0), pre)
-        finished = b.load_atomic(word(1), "acquire", 8, typ=I64)
-        b.cbranch(b.icmp_unsigned("==", finished, posted), exit_bb, pause_bb)
-        b.position_at_end(pause_bb)
-        _pause(self.module, b, self.x86)
-        nxt = b.add(polls, k_.c(1))
-        polls.add_incoming(nxt, pause_bb)
-        b.cbranch(b.icmp_signed("==", nxt, k_.c(RETRACT_POLLS)), retract_bb, poll_bb)
-        b.position_at_end(retract_bb)
-        claim = b.cmpxchg(word(10), posted0, posted, "acq_rel", "monotonic")
-        polls.add_incoming(nxt, retract_bb)
-        b.cbranch(b.extract_value(claim, 1), mine_bb, poll_bb)
-        b.position_at_end(mine_bb)
-        run(seconds)
-        store_release(b, posted, word(1))
-        b.branch(exit_bb)
+        emit_join(self.module, b, word, posted0, RETRACT_POLLS, self.x86,
+                  lambda: run(seconds), exit_bb)
         b.position_at_end(exit_bb)
         return k_.done()
 

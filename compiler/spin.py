@@ -63,6 +63,48 @@ def store_release(b, value, ptr):
     b._insert(ir.instructions.StoreAtomicInstr(b.block, value, ptr, "release", 8))
 
 
+def emit_idle(b, word):
+    """(i1: the worker whose words `word(k)` points at is idle and awake, its post
+    count), emitted at `b`: a kernel posts to it only then."""
+    posted = b.load_atomic(word(0), "acquire", 8, typ=I64)
+    done = b.load_atomic(word(1), "acquire", 8, typ=I64)
+    asleep = b.load_atomic(word(2), "monotonic", 8, typ=I64)
+    return b.and_(b.icmp_unsigned("==", posted, done),
+                  b.icmp_unsigned("==", asleep, I64(0))), posted
+
+
+def emit_join(mod, b, word, posted0, polls, x86, mine, exit_bb):
+    """Wait (at `b`, in its function) for the worker to finish the job posted as
+    number posted0 + 1; if none has claimed it after `polls` polls (it fell asleep
+    between the check and the post), claim it back — the compare-and-swap of word 10
+    that the worker makes too (`_worker_loop`), so the job runs once — emit `mine()`
+    (the job, done here) and mark it done. Both ways end in a branch to `exit_bb`."""
+    fn = b.function
+    poll_bb, pause_bb, retract_bb, mine_bb = (fn.append_basic_block(n) for n in (
+        "join.poll", "join.pause", "join.retract", "join.mine"))
+    posted = b.add(posted0, I64(1))
+    pre = b.block
+    b.branch(poll_bb)
+    b.position_at_end(poll_bb)
+    count = b.phi(I64, name="polls")
+    count.add_incoming(I64(0), pre)
+    finished = b.load_atomic(word(1), "acquire", 8, typ=I64)
+    b.cbranch(b.icmp_unsigned("==", finished, posted), exit_bb, pause_bb)
+    b.position_at_end(pause_bb)
+    _pause(mod, b, x86)
+    nxt = b.add(count, I64(1))
+    count.add_incoming(nxt, pause_bb)
+    b.cbranch(b.icmp_signed("==", nxt, I64(polls)), retract_bb, poll_bb)
+    b.position_at_end(retract_bb)
+    claim = b.cmpxchg(word(10), posted0, posted, "acq_rel", "monotonic")
+    count.add_incoming(nxt, retract_bb)
+    b.cbranch(b.extract_value(claim, 1), mine_bb, poll_bb)
+    b.position_at_end(mine_bb)
+    mine()
+    store_release(b, posted, word(1))
+    b.branch(exit_bb)
+
+
 def _worker_loop(mod, x86):
     """void ag_worker_loop(ptr words, i64 polls): run posted kernel calls until no
     job has come for `polls` polls. words: [0] jobs posted, [1] jobs done, [3] the
