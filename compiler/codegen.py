@@ -928,9 +928,9 @@ class UnitPlan:
 
 
 def unit_plan(body) -> UnitPlan | None:
-    """A program without loops whose products of a few rows through `dots` (large
-    enough to split, `may_split`) are read only by the elementwise statements right
-    after them, over one index space (M, H) of constant sizes, through blocks of H
+    """A program without loops whose products of a few rows through `dots` (with
+    UNIT_SPLIT_BYTES to UNIT_SPLIT_MAX_BYTES of weights together) are read only by the
+    elementwise statements right after them, over one index space (M, H) of constant sizes, through blocks of H
     columns (the gate slices of x·U + h·W); each of those statements treats units
     independently (views sliced along the last axis with a constant stride, no index
     trees), and any buffer one of them writes is read by the others only through the

@@ -451,7 +451,8 @@ class Kernel:
         self._layouts: dict = {}
         self._local = threading.local()       # .scratch: this thread's `Scratch`
         self.names = [x.name for x in graph.inputs]
-        # products that may split their columns with a worker (`microkernels.par_dots`)
+        # products that may split their columns with a worker (`microkernels.par_dots`),
+        # or a step that splits its hidden units with it (`codegen.unit_plan`)
         stmts = list(walk(prog.body))
         self.parallel = any(isinstance(s, MatMul) and dots_apply(s) and may_split(s)
                             for s in stmts) or any(dots_pair(a, b)
