@@ -20,8 +20,8 @@ def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("AUTOGRAPH_CACHE_DIR", str(tmp_path / "kernels"))
 
 
-def _step(cell, dtype, H=128, D=64, seed=1):
-    c = rnn.CELLS[cell](D, H, dtype=dtype).init(0)
+def _step(cell, dtype, H=128, D=64, seed=1, **options):
+    c = rnn.CELLS[cell](D, H, dtype=dtype, **options).init(0)
     x = ag.placeholder("x", (1, D), dtype)
     state = [ag.placeholder(f"s{i}", (1, H), dtype) for i in range(len(c.state_names))]
     new_state, out = c.step(tuple(state), x)
@@ -141,3 +141,23 @@ def test_a_busy_or_sleeping_worker_is_not_posted_to(monkeypatch):
         assert (words[0], words[1], words[10]) == (posted, 0, 0)
         for g, w in zip(step.outputs, want):
             np.testing.assert_array_equal(g, w)
+
+
+def test_peephole_lstm_step_splits_too(monkeypatch):
+    """Peepholes read the cell state unit by unit: the step still splits, and agrees
+    with the unsplit kernel bit for bit (the job run here: words no worker reads)."""
+    inputs, outputs, args = _step("lstm", "float64", peephole=True)
+    want = [np.array(o) for o in _compiled(inputs, outputs, False, monkeypatch).bind(*args)()]
+    f = _compiled(inputs, outputs, True, monkeypatch)
+    assert codegen.unit_plan(f.runner.kernel.prog.body) is not None
+    step = f.bind(*args)
+    fn, cargs, status = _raw(step)
+    words = (ctypes.c_int64 * 11)()
+    status[2] = ctypes.addressof(words)
+    fn(*cargs)
+    status[2] = 0
+    assert words[10] == 1
+    ref = ag.function(inputs, outputs)(*args)
+    for g, w, r in zip(step.outputs, want, ref):
+        np.testing.assert_array_equal(g, w)
+        np.testing.assert_allclose(g, r, rtol=1e-12, atol=1e-12)
