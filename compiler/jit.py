@@ -142,6 +142,7 @@ def cache_key(program_digest: str) -> str:
                  str(codegen.LINE_BYTES), str(codegen.TILED_COPY_BYTES),
                  str(codegen.THIN_MAX_K), str(codegen.THIN_MAX_OUT), str(codegen.UNIT_SPLIT),
                  str(codegen.UNIT_SPLIT_BYTES), str(codegen.UNIT_SPLIT_MAX_BYTES),
+                 str(codegen.UNIT_SPLIT_SHARE),
                  str(microkernels.PAR_SPLIT_BYTES),
                  str(codegen.REDUCE_IN_REGISTERS), str(KERNEL_LSR),
                  str(microkernels.ROWS_STREAM_BYTES), str(rewrite.TRANSPOSED_PRODUCT_BYTES),
