@@ -808,7 +808,7 @@ class Emitter:
         """A function with the kernel's signature that computes units [cut, H)."""
         em = Emitter(self.module, self.prog, f"{self.fn.name}.units")
         em.fn.linkage = "internal"
-        em.tags, em.consts = self.tags, self.consts
+        em.tags, em.consts, em.vec_used = self.tags, self.consts, self.vec_used
         em.blas_single, em.status = self.blas_single, em.fn.args[5]
         em.bases()
         em._emit_units(plan, plan.cut, plan.units)
