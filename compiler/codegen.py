@@ -56,6 +56,8 @@ THIN_MAX_OUT = 1 << 20
 # 12.2-12.5 -> 11.3-11.6, float32 1.03-1.07x; below (an Elman step, H = 128, float64,
 # 192 KB) 0.94-0.96x, above (LSTM H = 512, 9.4 MB streamed from memory) 0.87-0.92x.
 UNIT_SPLIT = True
+PROFILE = False             # cycles per top-level statement (`compiler.profile`)
+PROFILE_SYMBOL = "ag_profile_cycles"
 UNIT_SPLIT_BYTES = 1 << 18
 UNIT_SPLIT_MAX_BYTES = 1 << 20
 UNIT_SPLIT_SHARE = 0.5       # of the units computed by the calling thread (0.375, 0.4375,
@@ -454,6 +456,9 @@ class Emitter:
             self.ex(out.strides[0])])
 
     def _matmul_general(self, s: MatMul):
+        """The register tiles where they apply and the product is small enough (with
+        the copies they need: `MatMul.stage`, `MatMul.unstage`), else OpenBLAS or the
+        generated loops on the operands where they lie (`_direct`)."""
         if self._tiles_apply(s):
             b = self.b
             M, N, K = (self.ex(e) for e in (s.out.shape[0], s.out.shape[1], s.a.shape[1]))
@@ -470,11 +475,15 @@ class Emitter:
             use = b.and_(use, small)
             with b.if_else(use) as (then, otherwise):
                 with then:
+                    if s.stage is not None:
+                        self.emit_Map(s.stage)
                     self._matmul_tiles(s)
+                    if s.unstage is not None:
+                        self.emit_Map(s.unstage)
                 with otherwise:
-                    self._matmul_library_or_loops(s)
+                    self._matmul_library_or_loops(_direct(s))
             return
-        self._matmul_library_or_loops(s)
+        self._matmul_library_or_loops(_direct(s))
 
     def _tiles_apply(self, s: MatMul) -> bool:
         """A product the register tiles can run on B where it lies: rows of B and out
@@ -745,12 +754,37 @@ class Emitter:
         self.alias_scopes()
         self.blas_single = self._blas_single_thread()
         self.bases()
-        plan = unit_plan(self.prog.body) if UNIT_SPLIT else None
-        if plan is None:
+        plan = unit_plan(self.prog.body) if UNIT_SPLIT and not PROFILE else None
+        if PROFILE:
+            self._emit_profiled(self.prog.body)
+        elif plan is None:
             self.emit(self.prog.body)
         else:
             self._emit_unit_split(plan)
         self.b.ret_void()
+
+    def _emit_profiled(self, body):
+        """Each top-level statement between two reads of the cycle counter, its cycles
+        added to PROFILE_SYMBOL[k] (k: its index in the body; the last entry counts
+        calls). A development tool (`compiler.profile`): statements that the usual
+        path emits together (the unit split, pairs of `dots`) are emitted one by one."""
+        b = self.b
+        n = len(body)
+        ty = ir.ArrayType(I64, n + 1)
+        table = ir.GlobalVariable(self.module, ty, PROFILE_SYMBOL)
+        table.initializer = ir.Constant(ty, [0] * (n + 1))
+        clock = self.module.globals.get("llvm.readcyclecounter") or ir.Function(
+            self.module, ir.FunctionType(I64, []), "llvm.readcyclecounter")
+        base = b.inttoptr(b.ptrtoint(table, I64), PTR)     # (llvmlite types the global)
+
+        def add(k, value):
+            slot = b.gep(base, [self.i64(k)], source_etype=I64)
+            b.store(b.add(b.load(slot, typ=I64), value), slot)
+        add(n, self.i64(1))
+        for k, s in enumerate(body):
+            t0 = b.call(clock, [])
+            self.emit([s])
+            add(k, b.sub(b.call(clock, []), t0))
 
     def bases(self):
         """The dims and every buffer's base pointer, loaded from the arguments."""
@@ -895,6 +929,19 @@ def _blas_layout(s: MatMul):
     if a is None or b is None or s.out.strides[-1] != one:
         return None
     return a, b, s.out.strides[-2]
+
+
+def _direct(s: MatMul) -> MatMul:
+    """`s` without the tiles' copies: B read where the staged weight lies (transposed),
+    and (A·B)ᵀ written where the copy would have put it, as Bᵀ·Aᵀ."""
+    if s.stage is None and s.unstage is None:
+        return s
+    a, b, out = s.a, s.b if s.stage is None else s.stage.tree.ref, s.out
+    if s.unstage is not None:
+        def swap(r):
+            return Ref(r.buf, r.offset, r.shape[::-1], r.strides[::-1])
+        a, b, out = swap(b), swap(a), s.unstage.out
+    return MatMul(out, a, b)
 
 
 def rows_apply(s: MatMul) -> bool:

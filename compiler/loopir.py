@@ -254,9 +254,16 @@ class MatMul:
     a: Ref                          # [*batch, M, K] (broadcast batch: stride 0)
     b: Ref                          # [*batch, K, N]
     packed: Ref | None = None       # b in panels [N / NR, K, NR] (2-D products in loops)
+    # transposing copies that only the register tiles need (`copies.fold`): `stage`
+    # copies a transposed weight into b before the tiles run (a library call reads the
+    # weight in place), `unstage` copies out, transposed, to where the result is
+    # wanted (a library call writes it there directly, as Bᵀ·Aᵀ)
+    stage: Map | None = None
+    unstage: Map | None = None
 
     def refs(self):
-        return [self.out, self.a, self.b] + ([self.packed] if self.packed else [])
+        return [self.out, self.a, self.b] + ([self.packed] if self.packed else []) \
+            + [r for m in (self.stage, self.unstage) if m is not None for r in m.refs()]
 
 
 @dataclass(eq=False)
@@ -353,6 +360,10 @@ def _format_body(body, depth):
             out.append(f"{pad}reduce_{s.kind} {_shape(s.shape)}: {s.out} ⊕= {s.tree}")
         elif isinstance(s, MatMul):
             panels = f" (panels {s.packed})" if s.packed else ""
+            if s.stage is not None:
+                panels += f" (b staged from {s.stage.tree} for the tiles)"
+            if s.unstage is not None:
+                panels += f" (then {s.unstage.out} = {s.unstage.tree})"
             out.append(f"{pad}matmul {_shape(s.out.shape)}: {s.out} = {s.a} @ {s.b}{panels}")
         elif isinstance(s, ScatterAdd):
             out.append(f"{pad}scatter_add: {s.out}[{s.idx}] += {s.src}")

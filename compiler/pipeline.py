@@ -13,6 +13,7 @@ from autograph.graph import Graph
 from autograph.printing import format_graph
 
 from .codegen import emit_text
+from .copies import fold
 from .fuse import fuse
 from .graphkey import graph_fingerprint
 from .jit import Kernel, cache_key, cache_load, cache_store, optimize, target_machine
@@ -85,7 +86,7 @@ def build(graph: Graph):
     g = rewrite(graph)
     t["rewrite"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    prog = plan(fuse(lower(g)))
+    prog = plan(fold(fuse(lower(g))))
     t["lower"] = time.perf_counter() - t0
     return g, prog, t
 
