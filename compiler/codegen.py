@@ -89,6 +89,7 @@ class Emitter:
         self.regs: dict = {}      # view → value computed at this index (fused maps)
         self.pack_flags: dict = {}  # panel buffer id → i1 slot: packed in this loop run
         self.consts: dict = {}    # const buffer id → its global (shared with job functions)
+        self.profile = None       # (statement id → counter, counters, clock): PROFILE
 
     # ----------------------------------------------------------------- plumbing
 
@@ -227,6 +228,10 @@ class Emitter:
     # ----------------------------------------------------------------- statements
 
     def emit(self, body):
+        if self.profile is not None:
+            for s in body:
+                self._emit_timed(s)
+            return
         k = 0
         while k < len(body):
             s = body[k]
@@ -329,16 +334,49 @@ class Emitter:
         """
         shape = self.collapsed(s.shape, [r for m in s.maps for r in m.refs()],
                                [m.tree for m in s.maps])
+        b = self.b
+        # sums whose accumulator is one element along the innermost axis: in a
+        # register over it, added to memory once per outer index (as `_reduce_inner`)
+        acc = {}
+        for m in s.maps:
+            if isinstance(m, Reduce) and self.strides.get(id(m.out), m.out.strides)[-1] \
+                    == Expr.of(0):
+                with b.goto_entry_block():
+                    acc[id(m)] = b.alloca(REG[m.out.dtype], name="sum")
 
         def element(idx):
             self.regs = {}
             for m in s.maps:
                 v = self.val(m.tree, idx)
+                if isinstance(m, Reduce):
+                    p = acc.get(id(m))
+                    if p is None:
+                        p = self.ptr(m.out, idx)
+                        old = self.tag(b.load(p, typ=MEM[m.out.dtype]), m.out.buf)
+                        self.tag(b.store(b.fadd(old, v), p), m.out.buf)
+                    else:
+                        total = b.fadd(b.load(p, typ=REG[m.out.dtype]), v)
+                        total.flags.append("reassoc")
+                        b.store(total, p)
+                    continue
                 if m.out.buf.id not in s.temps:
                     self.store(m.out, idx, v)
                 self.regs[m.out.view] = v
             self.regs = {}
-        self.nest(shape, element)
+        if not acc:
+            self.nest(shape, element)
+        else:
+            def outer(idx):
+                for p in acc.values():
+                    b.store(ir.Constant(p.allocated_type, 0.0), p)
+                self.loop(self.ex(shape[-1]), lambda j: element(idx + (j,)), "r")
+                for m in s.maps:
+                    if id(m) in acc:
+                        p = self.ptr(m.out, idx + (self.i64(0),))
+                        old = self.tag(b.load(p, typ=MEM[m.out.dtype]), m.out.buf)
+                        total = b.fadd(old, b.load(acc[id(m)], typ=REG[m.out.dtype]))
+                        self.tag(b.store(total, p), m.out.buf)
+            self.nest(shape[:-1], outer)
         self.strides = {}
 
     def emit_Reduce(self, s: Reduce):
@@ -764,27 +802,34 @@ class Emitter:
         self.b.ret_void()
 
     def _emit_profiled(self, body):
-        """Each top-level statement between two reads of the cycle counter, its cycles
-        added to PROFILE_SYMBOL[k] (k: its index in the body; the last entry counts
-        calls). A development tool (`compiler.profile`): statements that the usual
-        path emits together (the unit split, pairs of `dots`) are emitted one by one."""
+        """Each statement, at every depth, between two reads of the cycle counter, its
+        cycles added to PROFILE_SYMBOL[k] (k: its place in `walk(body)` order; a loop's
+        count includes its body's; the last entry counts calls). A development tool
+        (`compiler.profile`): statements that the usual path emits together (the unit
+        split, pairs of `dots`) are emitted one by one."""
         b = self.b
-        n = len(body)
+        order = list(walk(body))
+        n = len(order)
         ty = ir.ArrayType(I64, n + 1)
         table = ir.GlobalVariable(self.module, ty, PROFILE_SYMBOL)
         table.initializer = ir.Constant(ty, [0] * (n + 1))
         clock = self.module.globals.get("llvm.readcyclecounter") or ir.Function(
             self.module, ir.FunctionType(I64, []), "llvm.readcyclecounter")
         base = b.inttoptr(b.ptrtoint(table, I64), PTR)     # (llvmlite types the global)
+        self.profile = ({id(s): k for k, s in enumerate(order)}, base, clock)
+        self._profile_add(n, self.i64(1))
+        self.emit(body)
 
-        def add(k, value):
-            slot = b.gep(base, [self.i64(k)], source_etype=I64)
-            b.store(b.add(b.load(slot, typ=I64), value), slot)
-        add(n, self.i64(1))
-        for k, s in enumerate(body):
-            t0 = b.call(clock, [])
-            self.emit([s])
-            add(k, b.sub(b.call(clock, []), t0))
+    def _profile_add(self, k, value):
+        b = self.b
+        slot = b.gep(self.profile[1], [self.i64(k)], source_etype=I64)
+        b.store(b.add(b.load(slot, typ=I64), value), slot)
+
+    def _emit_timed(self, s):
+        slots, _, clock = self.profile
+        t0 = self.b.call(clock, [])
+        getattr(self, "emit_" + type(s).__name__)(s)
+        self._profile_add(slots[id(s)], self.b.sub(self.b.call(clock, []), t0))
 
     def bases(self):
         """The dims and every buffer's base pointer, loaded from the arguments."""
@@ -1031,6 +1076,8 @@ def unit_plan(body) -> UnitPlan | None:
     for g in gates:
         maps = g.maps if isinstance(g, Fused) else [g]
         for m in maps:
+            if isinstance(m, Reduce):
+                return None
             if any(isinstance(t, (Iota, Gather)) for t in tree_nodes(m.tree)):
                 return None
             for r in [m.out] + tree_refs(m.tree):

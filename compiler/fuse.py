@@ -18,6 +18,16 @@ is most of the step. This pass, between lowering and buffer planning:
 3. **keeps temporaries in registers**: a buffer written by one member and read only
    by later members of the same group, through the same view, is never stored; the
    planner then gives it no slot, which also shrinks the arena.
+4. **fuses sums into the loops that produce what they sum** (FUSE_SUMS): a float
+   `Reduce` over the group's index space joins it as a member that accumulates
+   (its accumulator read or written by no other member), and statements of other
+   shapes between the members that commute with them (a sum's zero fill before,
+   the scalar that reads the finished sum after) move out of the way. Before
+   grouping, each top-level sum (with its zero fill) moves up to just after the
+   last statement it depends on, next to its producer. A squared-error loss over
+   [T, B, D] (the error, its square summed, its gradient, the readout bias's
+   gradient summed over T and B) was four passes over [T, B, D]: 2.3 ms of a 9 ms
+   float32 step at D = 2048; fused, one.
 """
 from __future__ import annotations
 
@@ -26,12 +36,15 @@ from .loopir import Apply, Fused, Gather, Iota, Load, Loop, Map, MatMul, Program
     Reduce, ScatterAdd, tree_nodes, tree_refs, walk
 
 MAX_INLINED = 64     # nodes of a reader's tree after a producer is substituted into it
+FUSE_SUMS = True
 
 
 def fuse(prog: Program) -> Program:
     """`prog` with sliced producers inlined and same-shape maps fused (in place)."""
     reads, writes = _accesses(prog.body)
     _inline(prog.body, reads, writes)
+    if FUSE_SUMS:
+        _hoist_sums(prog.body)
     reads, writes = _accesses(prog.body)
     _group(prog.body, reads, writes)
     used = {r.buf.id for s in walk(prog.body) for r in s.refs()}
@@ -241,43 +254,86 @@ def _compatible(x: Ref, y: Ref) -> bool:
     return x.view == y.view or _disjoint(x, y)
 
 
-def _joins(m: Map, group: list) -> bool:
-    if m.out.shape != group[0].out.shape or _irregular(m):
+def _joins(m, group: list) -> bool:
+    """`m` (a Map or a fusable sum) may run element by element with the group: every
+    buffer one writes at each index and the other accesses is accessed by both
+    through compatible views, and a sum's accumulator is touched by no other member
+    (it holds partial sums until the group's loop ends)."""
+    if _shape_of(m) != _shape_of(group[0]) or _irregular(m):
         return False
-    m_reads = m.refs()[1:]
     for g in group:
-        for w, rs in ((g.out, m_reads + [m.out]), (m.out, g.refs()[1:])):
-            for r in rs:
-                if r.buf.id == w.buf.id and not _compatible(w, r):
+        for x, y in ((g, m), (m, g)):
+            y_refs = y.refs()
+            if isinstance(x, Reduce):
+                if any(r.buf.id == x.out.buf.id for r in y_refs):
+                    return False
+                continue
+            for r in y_refs:
+                if r.buf.id == x.out.buf.id and not _compatible(x.out, r):
                     return False
     return True
 
 
-def _irregular(m: Map) -> bool:
+def _shape_of(s):
+    return s.shape if isinstance(s, Reduce) else s.out.shape
+
+
+def _irregular(m) -> bool:
     """Index-dependent trees (iota, gathers) keep their own loops: their index space
     cannot be merged with another statement's."""
     return any(isinstance(t, (Iota, Gather)) for t in tree_nodes(m.tree))
 
 
+def _member(s) -> bool:
+    """A statement that may start or join a group."""
+    if isinstance(s, Map):
+        return not _irregular(s)
+    return FUSE_SUMS and _fusable_sum(s)
+
+
+def _fusable_sum(s) -> bool:
+    return (isinstance(s, Reduce) and s.kind == "sum" and s.out.dtype in ("float32", "float64")
+            and len(s.shape) > 0 and not _irregular(s))
+
+
 def _group(body, reads, writes):
+    """Groups of consecutive members (`_joins`); a Map that cannot join and commutes
+    with the group so far moves before it (a sum's zero fill), or after it if it
+    only reads what the group writes (the loss from its finished sum); later
+    members must then commute with what moved after."""
     out: list = []
     group: list = []
+    before: list = []
+    after: list = []
 
     def flush():
+        out.extend(before)
         if len(group) > 1:
             out.append(_fused(list(group), reads, writes))
         else:
             out.extend(group)
+        out.extend(after)
         group.clear()
+        before.clear()
+        after.clear()
 
     for s in body:
         if isinstance(s, Loop):
             _group(s.body, reads, writes)
-        if isinstance(s, Map) and group and _joins(s, group):
+        if (group and _member(s) and _joins(s, group)
+                and all(_commute(s, a) for a in after)):
             group.append(s)
             continue
+        if group and FUSE_SUMS and isinstance(s, Map) and (
+                any(isinstance(g, Reduce) for g in group) or _starts_sum(s, body)):
+            if all(_commute(s, t) for t in group + after):
+                before.append(s)
+                continue
+            if _only_reads(s, group) and all(_commute(s, a) for a in after):
+                after.append(s)
+                continue
         flush()
-        if isinstance(s, Map) and not _irregular(s):
+        if _member(s):
             group.append(s)
         else:
             out.append(s)
@@ -285,15 +341,74 @@ def _group(body, reads, writes):
     body[:] = out
 
 
+def _starts_sum(s: Map, body) -> bool:
+    """`s` fills the accumulator of a fusable sum (its zero fill)."""
+    return any(_fusable_sum(t) and t.out.buf.id == s.out.buf.id for t in body)
+
+
+def _only_reads(s: Map, group) -> bool:
+    """`s` reads what the group writes but writes nothing any member accesses."""
+    return not any(r.buf.id == s.out.buf.id for g in group for r in g.refs())
+
+
+# ----------------------------------------------------------------------------- sums
+
+def _effects(s):
+    """(buffer ids written, buffer ids read) by `s`, loop bodies included."""
+    w, r = set(), set()
+    for t in _stmts(s):
+        outs = _written(t)
+        if isinstance(t, (Reduce, ScatterAdd)):
+            outs = outs + [t.out]
+        w |= {x.buf.id for x in outs}
+        r |= {x.buf.id for x in t.refs()}
+    return w, r
+
+
+def _commute(a, b) -> bool:
+    """Running `a` and `b` in either order gives the same memory (neither writes what
+    the other reads or writes); a runtime check never moves."""
+    from .loopir import Check
+    if any(isinstance(t, Check) for x in (a, b) for t in _stmts(x)):
+        return False
+    wa, ra = _effects(a)
+    wb, rb = _effects(b)
+    return not (wa & (rb | wb) or wb & ra)
+
+
+def _hoist_sums(body):
+    """Each top-level fusable sum (with its zero fill right before it) moved up to just
+    after the last statement it does not commute with: next to its producer, where
+    grouping can take it into the producer's loop."""
+    k = 0
+    while k < len(body):
+        s = body[k]
+        if _fusable_sum(s):
+            pair = [s]
+            if k > 0 and isinstance(body[k - 1], Map) and not tree_refs(body[k - 1].tree) \
+                    and body[k - 1].out.buf.id == s.out.buf.id:
+                pair = [body[k - 1], s]
+            start = k - len(pair) + 1
+            j = start
+            while j > 0 and all(_commute(body[j - 1], p) for p in pair):
+                j -= 1
+            if j < start:
+                del body[start:k + 1]
+                body[j:j] = pair
+        k += 1
+
+
 def _fused(maps: list, reads, writes) -> Fused:
     """One `Fused` statement; its temporaries are the buffers no one outside reads."""
     members = {id(m): k for k, m in enumerate(maps)}
     temps = set()
     for k, m in enumerate(maps):
+        if isinstance(m, Reduce):
+            continue
         b = m.out.buf
         if b.kind != "arena" or len(writes.get(b.id, ())) != 1:
             continue
         rs = reads.get(b.id, [])
         if rs and all(members.get(id(s), -1) > k and r.view == m.out.view for s, r in rs):
             temps.add(b.id)
-    return Fused(maps[0].out.shape, maps, frozenset(temps))
+    return Fused(_shape_of(maps[0]), maps, frozenset(temps))

@@ -227,7 +227,9 @@ class Map:
 @dataclass(eq=False)
 class Fused:
     """Maps over one index space in one loop nest: at each index i, member k runs
-    after member k−1. `temps` are buffers held in registers only, never stored."""
+    after member k−1. `temps` are buffers held in registers only, never stored.
+    A member may be a float sum (`Reduce`) over the same index space: it accumulates
+    into its output, which no other member reads or writes (`fuse.py`)."""
 
     shape: tuple
     maps: list
@@ -354,6 +356,9 @@ def _format_body(body, depth):
         elif isinstance(s, Fused):
             out.append(f"{pad}fused {_shape(s.shape)}:")
             for m in s.maps:
+                if isinstance(m, Reduce):
+                    out.append(f"{pad}  sum {m.out} ⊕= {m.tree}")
+                    continue
                 kind = "reg" if m.out.buf.id in s.temps else "map"
                 out.append(f"{pad}  {kind} {m.out} = {m.tree}")
         elif isinstance(s, Reduce):

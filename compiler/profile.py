@@ -6,9 +6,11 @@
     print(format_profile(profile(f, *arrays, calls=50)))
 
 The kernel is built again with `codegen.PROFILE` on (each top-level statement of the
-loop IR between two reads of the CPU's cycle counter) and called on one thread,
-whole (no shards, no worker), `calls` times. A loop counts as one statement. The
-times are the cycle shares scaled to the measured time of a call. A development
+loop IR, and each statement of a loop's body, between two reads of the CPU's cycle
+counter) and called on one thread, whole (no shards, no worker), `calls` times. The
+times are the cycle shares scaled to the measured time of a call; a loop's line
+includes its body's (and the counter reads in it: ~20–40 cycles a statement a step,
+which weigh on loops of short steps). A development
 tool: the profiled kernel is what the usual one is, statement by statement, except
 that statements it emits together (a B = 1 step split by hidden unit, two `dots`
 reading one row) run one by one.
@@ -30,7 +32,8 @@ from .loopir import Loop, _format_body
 class Line:
     text: str          # the statement (its first line; a loop: its header)
     seconds: float     # per call
-    share: float       # of the statements' cycles
+    share: float       # of the top-level statements' cycles
+    depth: int = 0     # loops around it (a loop's line includes its body's)
 
 
 def profile(function, *args, calls: int = 20) -> list:
@@ -51,8 +54,9 @@ def profile(function, *args, calls: int = 20) -> list:
         codegen.PROFILE = old
     arrays = [np.ascontiguousarray(a) for a in args]
     dims = probe.check_args(arrays)
-    body = kernel.prog.body
-    table = (ctypes.c_int64 * (len(body) + 1)).from_address(
+    order = list(_walk_depth(kernel.prog.body, 0))
+    n = len(order)
+    table = (ctypes.c_int64 * (n + 1)).from_address(
         probe.engine.get_global_value_address(codegen.PROFILE_SYMBOL))
     probe.run(arrays, dims)
     ctypes.memset(table, 0, ctypes.sizeof(table))
@@ -60,16 +64,24 @@ def profile(function, *args, calls: int = 20) -> list:
     for _ in range(calls):
         probe.run(arrays, dims)
     wall = (time.perf_counter() - t0) / calls
-    cycles = np.array(table[:len(body)], dtype=np.float64)
-    assert table[len(body)] == calls, "the profiled kernel did not count its calls"
-    total = cycles.sum() or 1.0
+    assert table[n] == calls, "the profiled kernel did not count its calls"
+    cycles = np.array(table[:n], dtype=np.float64)
+    total = sum(c for (s, depth), c in zip(order, cycles) if depth == 0) or 1.0
     lines = []
-    for s, c in zip(body, cycles):
+    for (s, depth), c in zip(order, cycles):
         text = _format_body([s], 0)[0]
         if isinstance(s, Loop):
-            text += f" ({sum(1 for _ in s.body)} statements)"
-        lines.append(Line(text, wall * c / total, c / total))
+            text += f" ({len(s.body)} statements)"
+        lines.append(Line(text, wall * c / total, c / total, depth))
     return lines
+
+
+def _walk_depth(body, depth):
+    """(statement, depth) in `loopir.walk` order."""
+    for s in body:
+        yield s, depth
+        if isinstance(s, Loop):
+            yield from _walk_depth(s.body, depth + 1)
 
 
 def format_profile(lines, width: int = 110) -> str:
@@ -77,5 +89,5 @@ def format_profile(lines, width: int = 110) -> str:
     out = []
     for ln in lines:
         text = ln.text if len(ln.text) <= width else ln.text[:width - 1] + "…"
-        out.append(f"{ln.seconds * 1e6:10.1f} µs {ln.share:6.1%}  {text}")
+        out.append(f"{ln.seconds * 1e6:10.1f} µs {ln.share:6.1%}  {'  ' * ln.depth}{text}")
     return "\n".join(out)

@@ -4,6 +4,7 @@ import pytest
 
 import autograph as ag
 from compiler import codegen
+from compiler.loopir import walk
 from compiler.profile import format_profile, profile
 
 
@@ -21,7 +22,7 @@ def test_every_top_level_statement_is_timed_and_the_product_dominates():
             rng.standard_normal(256)]
     lines = profile(f, *args, calls=5)
     body = f.runner.kernel.prog.body
-    assert len(lines) == len(body)
+    assert len(lines) == len(body)          # no loops: every statement at top level
     assert abs(sum(ln.share for ln in lines) - 1) < 1e-9
     assert all(ln.seconds >= 0 for ln in lines)
     costliest = max(lines, key=lambda ln: ln.share)
@@ -47,8 +48,16 @@ def test_a_loop_is_one_line():
     f = ag.function([x, w], [ag.sum(hs)], backend="llvm")
     rng = np.random.default_rng(1)
     lines = profile(f, rng.standard_normal((7, 3, 4)), rng.standard_normal((4, 4)))
-    loops = [ln for ln in lines if ln.text.startswith("for ")]
-    assert len(loops) == 1 and "statements)" in loops[0].text
+    order = list(walk(f.runner.kernel.prog.body))
+    assert len(lines) == len(order)
+    loops = [k for k, ln in enumerate(lines) if ln.text.startswith("for ")]
+    assert len(loops) == 1 and "statements)" in lines[loops[0]].text
+    # the loop's body: one level deeper, after the loop, within its time
+    inner = [ln for ln in lines[loops[0] + 1:] if ln.depth == 1]
+    assert len(inner) == len(order[loops[0]].body)
+    assert all(ln.depth in (0, 1) for ln in lines)
+    assert sum(ln.seconds for ln in inner) <= lines[loops[0]].seconds * 1.0001
+    assert abs(sum(ln.share for ln in lines if ln.depth == 0) - 1) < 1e-9
 
 
 def test_bad_uses_are_refused():
