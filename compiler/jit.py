@@ -128,7 +128,7 @@ def cache_key(program_digest: str) -> str:
     """Hash of everything the object code depends on: the program (`fingerprint`),
     the code generator and its switches, LLVM, the target CPU."""
     from autograph import __version__
-    from . import blas, codegen, copies, lower, microkernels, rewrite, vecmath
+    from . import blas, codegen, copies, fuse, lower, microkernels, rewrite, vecmath
     tm, cpu, features, triple = target_machine()
     h = hashlib.sha256()
     for part in (program_digest, _compiler_digest(), ".".join(map(str, llvm.llvm_version_info)),
@@ -142,7 +142,7 @@ def cache_key(program_digest: str) -> str:
                  str(codegen.LINE_BYTES), str(codegen.TILED_COPY_BYTES),
                  str(codegen.THIN_MAX_K), str(codegen.THIN_MAX_OUT), str(codegen.UNIT_SPLIT),
                  str(codegen.UNIT_SPLIT_BYTES), str(codegen.UNIT_SPLIT_MAX_BYTES),
-                 str(codegen.UNIT_SPLIT_SHARE), str(codegen.PROFILE), str(copies.FOLD),
+                 str(codegen.UNIT_SPLIT_SHARE), str(codegen.PROFILE), str(copies.FOLD), str(fuse.FUSE_SUMS),
                  str(microkernels.PAR_SPLIT_BYTES),
                  str(codegen.REDUCE_IN_REGISTERS), str(KERNEL_LSR),
                  str(microkernels.ROWS_STREAM_BYTES), str(rewrite.TRANSPOSED_PRODUCT_BYTES),

@@ -392,3 +392,99 @@ def test_a_value_also_read_through_another_view_is_stored():
     groups, prog = _fused_groups(body)
     assert sum(groups) == 4
     assert all(not s.temps for s in prog.body if isinstance(s, Fused))
+
+
+# ----------------------------------------------------------------------------- sums
+
+def _sums(s):
+    from compiler.loopir import Reduce
+    return [m for m in s.maps if isinstance(m, Reduce)] if isinstance(s, Fused) else []
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_squared_error_loss_is_one_pass(dtype):
+    """The benchmark's loss over [T, B, D]: the error, the sum of its squares, its
+    gradient and the readout bias's gradient (a sum over T and B, after the backward
+    loop in program order) run in one loop nest, the error in registers; the step's
+    values are the interpreter's."""
+    from compiler import fuse as fuse_mod
+    model, data, outputs = training_step("elman", 16, 8, dtype)
+    params = list(model.nodes().values())
+    f = ag.function(data + params, outputs, backend="llvm")
+    body = f.runner.kernel.prog.body
+    (loss,) = [s for s in body if len(_sums(s)) == 2]
+    assert loss.shape[-1] == Expr.of(16) and len(loss.shape) == 3
+    assert any(m.out.buf.id in loss.temps for m in loss.maps)
+    assert fuse_mod.FUSE_SUMS
+    ref = ag.function(data + params, outputs)
+    rng = np.random.default_rng(0)
+    tol = dict(rtol=1e-11, atol=1e-13) if dtype == "float64" else dict(rtol=2e-4, atol=1e-6)
+    for T, B in ((1, 1), (5, 3), (9, 17)):
+        x = rng.standard_normal((T, B, 16)).astype(dtype)
+        y = rng.standard_normal((T, B, 16)).astype(dtype)
+        values = list(model.state_dict().values())
+        for got, want in zip(f(x, y, *values), ref(x, y, *values)):
+            np.testing.assert_allclose(got, want, **tol)
+
+
+def test_a_sum_read_within_the_loop_is_not_fused_with_its_reader():
+    """z = x · Σx needs the finished sum: the reader cannot run in the sum's loop."""
+    x = ag.placeholder("x", ("N", 8), "float64")
+    s = ag.sum(x * x)
+    f = ag.function([x], [x * s, s], backend="llvm")
+    for st in walk_all(f.runner.kernel.prog.body):
+        if _sums(st):
+            reads = {r.buf.id for m in st.maps for r in m.refs()[1:]}
+            assert not any(m.out.buf.id in reads for m in _sums(st))
+    X = np.random.default_rng(1).standard_normal((37, 8))
+    z, total = f(X)
+    np.testing.assert_allclose(total, np.sum(X * X), rtol=1e-13)
+    np.testing.assert_allclose(z, X * np.sum(X * X), rtol=1e-13)
+
+
+def walk_all(body):
+    from compiler.loopir import walk
+    return list(walk(body))
+
+
+@pytest.mark.parametrize("switch", [True, False])
+def test_sums_switched_off_stay_statements(switch, monkeypatch):
+    """FUSE_SUMS (in the kernel cache's key) off: no sum is a member of a fused loop;
+    on or off, the values are NumPy's."""
+    from compiler import fuse as fuse_mod
+    monkeypatch.setattr(fuse_mod, "FUSE_SUMS", switch)
+    x = ag.placeholder("x", ("N", 12), "float64")
+    c = ag.placeholder("c", (12,), "float64")
+    e = x + c
+    f = ag.function([x, c], [ag.sum(e * e), ag.sum(e, axis=0), ag.tanh(e)], backend="llvm")
+    fused_sums = sum(len(_sums(s)) for s in walk_all(f.runner.kernel.prog.body))
+    assert (fused_sums == 2) if switch else (fused_sums == 0)
+    rng = np.random.default_rng(2)
+    X, C = rng.standard_normal((23, 12)), rng.standard_normal(12)
+    a, b, t = f(X, C)
+    np.testing.assert_allclose(a, np.sum((X + C) ** 2), rtol=1e-13)
+    np.testing.assert_allclose(b, np.sum(X + C, axis=0), rtol=1e-13)
+    np.testing.assert_allclose(t, np.tanh(X + C), rtol=1e-13)
+
+
+@given(rows=st.integers(1, 40), cols=st.integers(1, 19), axes=st.sampled_from([None, 0, 1]),
+       scale=st.floats(0.1, 3.0), seed=st.integers(0, 2 ** 16))
+@SETTINGS
+def test_fused_sums_match_numpy(rows, cols, axes, scale, seed):
+    """An elementwise value, its square summed over some axes, the value scaled and
+    summed over the others, and a reader of the finished sum: against NumPy."""
+    x = ag.placeholder("x", ("R", cols), "float64")
+    y = ag.placeholder("y", ("R", cols), "float64")
+    e = ag.exp(x * scale) - y
+    other = None if axes is None else 1 - axes
+    s1 = ag.sum(e * e, axis=axes)
+    g = e * (2.0 / cols)
+    s2 = ag.sum(g, axis=other)
+    f = ag.function([x, y], [s1, g, s2, ag.sum(s1) * 0.5], backend="llvm")
+    rng = np.random.default_rng(seed)
+    X, Y = rng.standard_normal((rows, cols)), rng.standard_normal((rows, cols))
+    E = np.exp(X * scale) - Y
+    want = [np.sum(E * E, axis=axes), E * (2.0 / cols), np.sum(E * (2.0 / cols), axis=other)]
+    want.append(np.sum(want[0]) * 0.5)
+    for got, w in zip(f(X, Y), want):
+        np.testing.assert_allclose(got, w, rtol=1e-12, atol=1e-12)
