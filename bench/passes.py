@@ -9,6 +9,9 @@ Passes that can be switched off here:
   scopes   alias scopes on loads and stores (`codegen.Emitter.alias_scopes`)
   panels   register-tiled per-step products on panel-packed weights
            (`lower._panels`, `codegen._matmul_panels`)
+  copies   the tiles' transposing copies made on the tiles' path only
+           (`compiler/copies.py`; off: every copy is made, whoever runs the product)
+  sums     float sums in the loops that produce what they sum (`fuse.FUSE_SUMS`)
 
 For each case the variants are compiled (cache bypassed: LLVM time is reported too),
 checked against each other, then timed in alternated blocks of 0.15 s, so that the
@@ -33,10 +36,10 @@ if str(ROOT) not in sys.path:
 
 import autograph as ag  # noqa: E402
 import compiler  # noqa: E402
-from compiler import codegen, lower, pipeline  # noqa: E402
+from compiler import codegen, copies, fuse, lower, pipeline  # noqa: E402
 from rnn.workload import SIZES, training_step  # noqa: E402
 
-PASSES = ("fusion", "scopes", "panels")
+PASSES = ("fusion", "scopes", "panels", "copies", "sums")
 
 
 @contextlib.contextmanager
@@ -48,6 +51,10 @@ def without(name: str):
         target, attr, stub = codegen.Emitter, "tag", lambda self, instr, buf: instr
     elif name == "panels":
         target, attr, stub = lower, "_panels", lambda *args: None
+    elif name == "copies":
+        target, attr, stub = copies, "FOLD", False
+    elif name == "sums":
+        target, attr, stub = fuse, "FUSE_SUMS", False
     else:
         raise ValueError(f"unknown pass {name!r}; the passes are {', '.join(PASSES)}")
     saved = getattr(target, attr)

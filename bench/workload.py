@@ -328,6 +328,22 @@ def latency_report(cell, dtype, repeat, log):
     log(line + f" | torch eager {t_torch * 1e6:.1f} µs | torch/ours {t_torch / t_ours:.1f}x |")
 
 
+def profile_report(cell, size, dtype, repeat, log):
+    """Our step's statements with the time each takes (`compiler.profile`: one thread,
+    whole calls; a loop's line includes its body's, indented under it)."""
+    from compiler.profile import format_profile, profile
+    B, T, D, H = SIZES[size]
+    ours = Ours(cell, D, H, dtype, "llvm")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T, B, D)).astype(dtype)
+    y = rng.standard_normal((T, B, D)).astype(dtype)
+    lines = profile(ours.fn, x, y, *ours.params, calls=max(3, repeat))
+    total = sum(ln.seconds for ln in lines if ln.depth == 0)
+    log(f"\n## where our step spends its time: {cell} {size} {dtype} "
+        f"({total * 1e3:.3f} ms a call, one thread)\n")
+    log("```\n" + format_profile(lines) + "\n```")
+
+
 def _size(text: str) -> tuple:
     """"B,T,D,H" -> (B, T, D, H), each a positive integer."""
     parts = text.replace(" ", "").split(",")
@@ -354,6 +370,9 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=10, help="timed runs per case (default 10)")
     p.add_argument("--no-refs", action="store_true",
                    help="time only our two backends (no NumPy BPTT, PyTorch or JAX)")
+    p.add_argument("--profile", action="store_true",
+                   help="instead of timing, show where our compiled step spends its time, "
+                        "statement by statement (compiler.profile)")
     args = p.parse_args(argv)
     if args.repeat < 1:
         p.error("--repeat must be at least 1")
@@ -364,6 +383,12 @@ def main(argv=None) -> int:
         SIZES[name] = dims
         args.sizes.append(name)
     log = print
+    if args.profile:
+        for size in args.sizes:
+            for cell in args.cells:
+                for dtype in args.dtypes:
+                    profile_report(cell, size, dtype, args.repeat, log)
+        return 0
     try:
         import torch
         torch.set_num_threads(2)

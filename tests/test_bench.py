@@ -76,7 +76,22 @@ def test_passes_program_compares_each_pass_and_restores_the_compiler(capsys):
                  "--rounds", "1"])
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("| lstm | tiny |"))
-    assert len(row.split("|")) == 2 + 4 + 2 * 3 + 1     # cells around 4 + 2·3 + 1 columns
+    n = len(passes.PASSES)
+    assert len(row.split("|")) == 2 + 4 + 2 * n + 1     # cells around 4 + 2·n + 1 columns
     assert pipeline.fuse is fuse
     with pytest.raises(ValueError, match="unknown pass"):
         passes.without("unrolling").__enter__()
+
+
+def test_bench_profile_prints_each_statement_of_our_step(capsys):
+    """--profile: no references timed; per case, the compiled step's statements with
+    their time, the loops' bodies indented under them."""
+    bench = load()
+    assert bench.main(["--cells", "lstm", "--sizes", "tiny", "--dtypes", "float64",
+                       "--profile"]) == 0
+    out = capsys.readouterr().out
+    assert "## where our step spends its time: lstm tiny float64" in out
+    lines = [ln for ln in out.splitlines() if " µs " in ln]
+    assert any("matmul" in ln for ln in lines) and any(" for $t0" in ln for ln in lines)
+    assert any("    fused" in ln or "    matmul" in ln for ln in lines)   # a loop's body
+    assert "numpy BPTT" not in out and "torch eager" not in out
