@@ -297,10 +297,11 @@ def _fusable_sum(s) -> bool:
 
 
 def _group(body, reads, writes):
-    """Groups of consecutive members (`_joins`); a Map that cannot join and commutes
-    with the group so far moves before it (a sum's zero fill), or after it if it
-    only reads what the group writes (the loss from its finished sum); later
-    members must then commute with what moved after."""
+    """Groups of consecutive members (`_joins`). A Map that cannot join moves out of
+    the way when it commutes with the group so far: before it if it is a sum's zero
+    fill, after it if it reads a finished sum of the group and writes nothing the
+    group accesses (the loss from its sum of squares); later members must then
+    commute with what moved after. Any other statement ends the group."""
     out: list = []
     group: list = []
     before: list = []
@@ -324,12 +325,12 @@ def _group(body, reads, writes):
                 and all(_commute(s, a) for a in after)):
             group.append(s)
             continue
-        if group and FUSE_SUMS and isinstance(s, Map) and (
-                any(isinstance(g, Reduce) for g in group) or _starts_sum(s, body)):
-            if all(_commute(s, t) for t in group + after):
+        if group and FUSE_SUMS and isinstance(s, Map):
+            if _starts_sum(s, body) and all(_commute(s, t) for t in group + after):
                 before.append(s)
                 continue
-            if _only_reads(s, group) and all(_commute(s, a) for a in after):
+            if _reads_a_sum(s, group) and _only_reads(s, group) \
+                    and all(_commute(s, a) for a in after):
                 after.append(s)
                 continue
         flush()
@@ -344,6 +345,12 @@ def _group(body, reads, writes):
 def _starts_sum(s: Map, body) -> bool:
     """`s` fills the accumulator of a fusable sum (its zero fill)."""
     return any(_fusable_sum(t) and t.out.buf.id == s.out.buf.id for t in body)
+
+
+def _reads_a_sum(s: Map, group) -> bool:
+    """`s` reads the accumulator of a sum in the group (it needs the finished sum)."""
+    sums = {g.out.buf.id for g in group if isinstance(g, Reduce)}
+    return any(r.buf.id in sums for r in tree_refs(s.tree))
 
 
 def _only_reads(s: Map, group) -> bool:
