@@ -57,8 +57,8 @@ TRIAL_CALLS = 3          # whole calls timed before deciding (the first pays pag
 SHARDED_TRIALS = 5       # sharded calls timed first (the first ones pay thread start-up),
 SHARDED_TRIAL_SECONDS = 0.15   # and for at least this long: threads a multi-threaded BLAS
 SHARDED_TRIALS_MAX = 64        # call left spinning (~0.1 s) slow the shards meanwhile
-RECHECK_AFTER = 64       # whole calls after a "one thread" verdict before it is raced
-                         # again; twice as many after each race that thread count won
+RECHECK_AFTER = 64       # calls after a verdict (one thread or shards) before the
+                         # binding is raced again; twice as many after each race
 FIRST_ROUNDS = 2         # rounds of trials the shards must lose before a first "one
                          # thread" verdict (the best call of every round counts)
 
@@ -637,10 +637,12 @@ class Sharder:
                      self.plan.dim, whole[1] * 1e6, n, shard[1] * 1e6)
             return
         self._decided[key] = n if fast else 1
-        if not fast and whole[1] >= SHARD_MIN_SECONDS:
+        if whole[1] >= SHARD_MIN_SECONDS:
             # threads of another library's calls just before (a benchmark's references),
-            # or another process on the second core, can make the shards lose a race they
-            # win afterwards: race again later, less and less often
+            # or another process on the second core, can make either way lose a race it
+            # wins afterwards (an Elman step at D = 1024 ran in shards at 6.4 ms, 3.5–4.1
+            # whole, when its whole calls were slowed during the race): race again
+            # later, less and less often
             self._recheck[key] = RECHECK_AFTER << min(self._raced.get(key, 0), 16)
         log.info("%s: whole call %.0f us, %d shards %.0f us -> %s", self.plan.dim,
                  whole[1] * 1e6, n, shard[1] * 1e6, f"{n} shards" if fast else "one thread")
@@ -679,9 +681,9 @@ class Sharder:
                 outs = self.kernel.run(arrays, dims)
             self._record(dims, time.perf_counter() - t0, sharded)
             return outs
+        if shards is None:
+            self._count(dims)
         if n <= 1:
-            if shards is None:
-                self._count_whole(dims)
             blas_threads.set(None)
             return self.kernel.run(arrays, dims)
         return self._run_sharded(arrays, dims, n)
@@ -692,10 +694,9 @@ class Sharder:
         key = self._key(dims)
         return self._decided.get(key) == 1 and key not in self._recheck
 
-    def _count_whole(self, dims):
-        """A whole call under a "one thread" verdict: after RECHECK_AFTER of them the
-        binding is raced again (after 2·RECHECK_AFTER if that race too went to one
-        thread, then 4·, …)."""
+    def _count(self, dims):
+        """A call under a verdict (one thread or shards): after RECHECK_AFTER of them
+        the binding is raced again (then after 2·RECHECK_AFTER, 4·, …)."""
         key = self._key(dims)
         left = self._recheck.get(key)
         if left is None:

@@ -383,10 +383,11 @@ def test_a_forked_child_starts_its_own_workers(monkeypatch):
     assert float(got) == pytest.approx(float(expect), rel=1e-12)
 
 
-def test_a_one_thread_verdict_is_raced_again_less_and_less_often(monkeypatch):
+def test_a_verdict_is_raced_again_less_and_less_often(monkeypatch):
     """Shards that lost their first race (slowed by another library's spinning threads,
     say) get another one after RECHECK_AFTER whole calls, then after twice as many
-    each time one thread wins again; once the shards win, they stay."""
+    each time; so does a shards verdict (whole calls slowed during the race), after
+    RECHECK_AFTER sharded calls, then twice as many."""
     monkeypatch.setenv("AUTOGRAPH_THREADS", "2")
     monkeypatch.delenv("AUTOGRAPH_SHARD", raising=False)
     monkeypatch.setattr(shard, "SHARD_MIN_SECONDS", 250e-6)
@@ -413,9 +414,17 @@ def test_a_one_thread_verdict_is_raced_again_less_and_less_often(monkeypatch):
     assert s.shards_for(dims) is None          # racing again
     race(whole=300e-6, sharded=200e-6)
     assert s.shards_for(dims) == 2
-    for _ in range(5):          # sharded now, and not raced again
-        s.run(arrays, dims)
+    for _ in range(6):          # sharded now, raced again after 6 sharded calls (3 · 2)
         assert s.shards_for(dims) == 2
+        s.run(arrays, dims)
+    assert s.shards_for(dims) is None          # racing again
+    race(whole=300e-6, sharded=200e-6)
+    for _ in range(12):         # shards won again: next race after 12
+        assert s.shards_for(dims) == 2
+        s.run(arrays, dims)
+    assert s.shards_for(dims) is None
+    race(whole=200e-6, sharded=300e-6)         # now one thread wins
+    assert s.shards_for(dims) == 1
     # lost again and again: raced after 3, 6, 12 whole calls
     g = ag.function(inputs, outputs, backend="llvm").runner.sharder
     for calls in (0, 3, 6, 12):        # 0: the first race's second round
