@@ -25,7 +25,8 @@ import re
 from . import blas, mathfn, microkernels, vecmath
 from .expr import Expr
 from .loopir import (ITEMSIZE, Apply, Check, Const, Fused, Gather, Iota, Load, Loop, Map,
-                     MatMul, Program, Reduce, Ref, ScatterAdd, tree_nodes, tree_refs, walk)
+                     MatMul, Program, Reduce, Ref, ScatterAdd, transposed, tree_nodes, tree_refs,
+                     walk)
 
 I1, I8, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(64)
 F32, F64 = ir.FloatType(), ir.DoubleType()
@@ -1001,9 +1002,7 @@ def _direct(s: MatMul, unstage: bool = True) -> MatMul:
         return s
     a, b, out = s.a, s.b if s.stage is None else s.stage.tree.ref, s.out
     if s.unstage is not None and unstage:
-        def swap(r):
-            return Ref(r.buf, r.offset, r.shape[::-1], r.strides[::-1])
-        a, b, out = swap(b), swap(a), s.unstage.out
+        a, b, out = transposed(b), transposed(a), s.unstage.out
     return MatMul(out, a, b)
 
 

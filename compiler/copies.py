@@ -11,7 +11,9 @@ B's rows and writes out's rows where they lie):
 Whether the tiles run is decided at run time (M·N·K against `codegen.TOP_TILES_MAX_WORK`,
 M = T·B being a dim). When they do not, OpenBLAS runs the product and needs neither
 copy: it reads Wᵀ in place and writes (A·B)ᵀ as Bᵀ·Aᵀ. So each such copy becomes part
-of its product (`MatMul.stage`, `MatMul.unstage`), emitted on the tiles' path only.
+of its product (`MatMul.stage`, `MatMul.unstage`), emitted on the tiles' path only
+(and the second also where OpenBLAS runs on one thread, a shard's: there the Bᵀ·Aᵀ
+form ran slower, `codegen.Emitter._matmul_library`).
 For an Elman step with D = 1024, H = 64 at B = 16, T = 8 the four copies took 0.5 ms
 of a 4.2 ms float64 step (12%), every call.
 """
@@ -19,14 +21,10 @@ from __future__ import annotations
 
 from .codegen import FLOATS, PANEL_MIN_ROWS, dots_apply
 from .expr import Expr
-from .loopir import Fused, Load, Loop, Map, MatMul, Program, Reduce, Ref, ScatterAdd, walk
+from .loopir import (Fused, Load, Loop, Map, MatMul, Program, Reduce, Ref, ScatterAdd,
+                     transposed, walk)
 
 FOLD = True
-
-
-def transposed(r: Ref) -> Ref:
-    """The 2-D view `r` with its axes swapped."""
-    return Ref(r.buf, r.offset, r.shape[::-1], r.strides[::-1])
 
 
 def fold(prog: Program) -> Program:

@@ -93,6 +93,11 @@ class Ref:
                 f"strides=({', '.join(map(str, self.strides))})]")
 
 
+def transposed(r: Ref) -> Ref:
+    """The 2-D view `r` with its axes swapped (no copy)."""
+    return Ref(r.buf, r.offset, r.shape[::-1], r.strides[::-1])
+
+
 @dataclass(frozen=True)
 class Lit:
     """A value that is one number everywhere (a scalar constant, `full`, a dim size)."""
