@@ -497,10 +497,17 @@ class Emitter:
     def _matmul_general(self, s: MatMul):
         """The register tiles where they apply and the product is small enough (with
         the copies they need: `MatMul.stage`, `MatMul.unstage`), else OpenBLAS or the
-        generated loops on the operands where they lie (`_direct`)."""
+        generated loops on the operands where they lie (`_direct`). The copy out is
+        emitted once, after whichever path ran, if that path needs it (two copies of
+        its loops cost the LSTM step's compile ~45 ms)."""
+        b = self.b
+        copy = None
+        if s.unstage is not None:
+            with b.goto_entry_block():
+                copy = b.alloca(I1, name="unstage")
+            b.store(ir.Constant(I1, 1), copy)
         if self._tiles_apply(s):
-            b = self.b
-            M, N, K = (self.ex(e) for e in (s.out.shape[0], s.out.shape[1], s.a.shape[1]))
+            M, N, K = self._mnk(s)
             use = b.icmp_signed(">=", M, self.i64(PANEL_MIN_ROWS))
             use = b.and_(use, b.icmp_signed(">", K, self.i64(0)))
             small = b.icmp_signed("<=", b.mul(b.mul(M, N), K), self.i64(TOP_TILES_MAX_WORK))
@@ -517,29 +524,39 @@ class Emitter:
                     if s.stage is not None:
                         self.emit_Map(s.stage)
                     self._matmul_tiles(s)
-                    if s.unstage is not None:
-                        self.emit_Map(s.unstage)
                 with otherwise:
-                    self._matmul_library(s)
-            return
-        self._matmul_library(s)
+                    self._matmul_library(s, copy)
+        else:
+            self._matmul_library(s, copy)
+        if copy is not None:
+            with b.if_then(b.load(copy, typ=I1)):
+                self.emit_Map(s.unstage)
 
-    def _matmul_library(self, s: MatMul):
-        """OpenBLAS (or the loops) on the operands where they lie (`_direct`); a
+    def _matmul_library(self, s: MatMul, copy=None):
+        """OpenBLAS (or the loops) on the operands where they lie (`_direct`). A
         product whose result is wanted transposed writes it there as Bᵀ·Aᵀ when the
-        library runs on several threads, and is copied after the product when it runs
-        on one (a shard of a sharded call: there the Bᵀ·Aᵀ form of a small GRU step's
-        weight gradient, [384, 128] over k = 512, made the float32 step 8.9 → 12.7 ms,
-        while whole calls ran the same either way)."""
+        library runs it on several threads (and stores 0 in `copy`); elsewhere it
+        writes its own layout, copied after (on one thread — a shard of a sharded
+        call — the Bᵀ·Aᵀ form of a small GRU step's weight gradient, [384, 128] over
+        k = 512, made the float32 step 8.9 → 12.7 ms, while whole calls ran the same
+        either way)."""
         if s.unstage is None:
             self._matmul_library_or_loops(_direct(s))
             return
-        with self.b.if_else(self.blas_single) as (single, several):
-            with single:
-                self._matmul_library_or_loops(_direct(s, unstage=False))
-                self.emit_Map(s.unstage)
+        d = _direct(s)
+        layout = _blas_layout(d) if d.out.dtype in FLOATS and blas.available() else None
+        if layout is None:
+            self._matmul_library_or_loops(_direct(s, unstage=False))
+            return
+        b = self.b
+        M, N, K = self._mnk(d)
+        use = b.and_(b.not_(self.blas_single), self._blas_use(d, layout, M, N, K))
+        with b.if_else(use) as (several, otherwise):
             with several:
-                self._matmul_library_or_loops(_direct(s))
+                self._matmul_blas(d, layout, M, N, K)
+                b.store(ir.Constant(I1, 0), copy)
+            with otherwise:
+                self._matmul_library_or_loops(_direct(s, unstage=False))
 
     def _tiles_apply(self, s: MatMul) -> bool:
         """A product the register tiles can run on B where it lies: rows of B and out
@@ -564,7 +581,7 @@ class Emitter:
             self.ptr(out, (zero, zero)), self.ex(out.strides[0])])
 
     def _matmul_library_or_loops(self, s: MatMul):
-        out, A = s.out, s.a
+        out = s.out
         layout = _blas_layout(s) if s.out.dtype in FLOATS and blas.available() else None
         if layout is None:
             if self._dots_apply(s):
@@ -572,7 +589,24 @@ class Emitter:
             else:
                 self._matmul_loops(s)
             return
-        M, N, K = (self.ex(e) for e in (out.shape[-2], out.shape[-1], A.shape[-1]))
+        M, N, K = self._mnk(s)
+        with self.b.if_else(self._blas_use(s, layout, M, N, K)) as (then, otherwise):
+            with then:
+                self._matmul_blas(s, layout, M, N, K)
+            with otherwise:
+                if self._dots_apply(s):
+                    self._matmul_dots(s)
+                else:
+                    # with M > ROWS_MAX_ROWS, below BLAS_MIN_WORK here (unless the
+                    # library's argument rules refused it: then `rows` is only slower)
+                    few = not out.shape[-2].is_const or out.shape[-2].const <= ROWS_MAX_ROWS
+                    self._matmul_loops(s, None if few else blas.BLAS_MIN_WORK)
+
+    def _mnk(self, s: MatMul):
+        return tuple(self.ex(e) for e in (s.out.shape[-2], s.out.shape[-1], s.a.shape[-1]))
+
+    def _blas_use(self, s: MatMul, layout, M, N, K):
+        """i1: the library runs `s` (else `dots` or the loops)."""
         b = self.b
         # B read across its rows would make the loops stride through memory, which
         # costs more than a library call even for the smallest products — except for
@@ -597,17 +631,7 @@ class Emitter:
             use = b.and_(use, b.icmp_signed(">", dim, self.i64(0)))
         for ld, rows in need:
             use = b.and_(use, b.icmp_signed(">=", self.ex(ld), rows))
-        with b.if_else(use) as (then, otherwise):
-            with then:
-                self._matmul_blas(s, layout, M, N, K)
-            with otherwise:
-                if self._dots_apply(s):
-                    self._matmul_dots(s)
-                else:
-                    # with M > ROWS_MAX_ROWS, below BLAS_MIN_WORK here (unless the
-                    # library's argument rules refused it: then `rows` is only slower)
-                    few = not out.shape[-2].is_const or out.shape[-2].const <= ROWS_MAX_ROWS
-                    self._matmul_loops(s, None if few else blas.BLAS_MIN_WORK)
+        return use
 
     def _dots_apply(self, s: MatMul) -> bool:
         return dots_apply(s)
