@@ -79,6 +79,8 @@ def test_passes_program_compares_each_pass_and_restores_the_compiler(capsys):
     n = len(passes.PASSES)
     assert len(row.split("|")) == 2 + 4 + 2 * n + 1     # cells around 4 + 2·n + 1 columns
     assert pipeline.fuse is fuse
+    from compiler import copies, fuse as fuse_mod
+    assert copies.FOLD is True and fuse_mod.FUSE_SUMS is True      # switches restored
     with pytest.raises(ValueError, match="unknown pass"):
         passes.without("unrolling").__enter__()
 
