@@ -203,6 +203,7 @@ class Bound:
 
     def __init__(self, fn: Function, arrays: list, dims: dict):
         self.function = fn
+        self._single = fn.single
         self.inputs = dict(zip(fn._names, arrays))
         bind = getattr(fn.runner, "bind", None)
         if bind is not None:
@@ -218,8 +219,9 @@ class Bound:
             self._call = call
 
     def __call__(self):
-        outs = self._call()
-        return outs[0] if self.function.single else outs
+        if self._single:
+            return self._call()[0]
+        return self._call()
 
     def __repr__(self):
         return f"<Bound {self.function!r}>"
