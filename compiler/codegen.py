@@ -57,8 +57,6 @@ THIN_MAX_OUT = 1 << 20
 # 12.2-12.5 -> 11.3-11.6, float32 1.03-1.07x; below (an Elman step, H = 128, float64,
 # 192 KB) 0.94-0.96x, above (LSTM H = 512, 9.4 MB streamed from memory) 0.87-0.92x.
 UNIT_SPLIT = True
-PROFILE = False             # cycles per top-level statement (`compiler.profile`)
-PROFILE_SYMBOL = "ag_profile_cycles"
 UNIT_SPLIT_BYTES = 1 << 18
 UNIT_SPLIT_MAX_BYTES = 1 << 20
 UNIT_SPLIT_SHARE = 0.5       # of the units computed by the calling thread (0.375, 0.4375,
@@ -70,6 +68,9 @@ ROWS_MAX_ROWS = 3           # ... with B row-major: `rows` (each row streams B),
 # (reference count and type) in NumPy's public `PyArrayObject_fields`. `jit` checks it
 # on live arrays at import and hands the kernel stand-in headers if it does not hold.
 ARRAY_DATA_FIELD = object.__basicsize__
+
+PROFILE = False             # every statement between two cycle-counter reads (`compiler.profile`)
+PROFILE_SYMBOL = "ag_profile_cycles"
 
 
 class Emitter:
@@ -332,6 +333,8 @@ class Emitter:
         """
         for i in shape: v1 = tree1(i); store v1 unless a temporary; v2 = tree2(i, v1) …
         A member's load of a view an earlier member wrote at this index reuses the value.
+        A sum member adds its value into its output; one whose output is one element
+        along the innermost (collapsed) axis sums in a register over that axis.
         """
         shape = self.collapsed(s.shape, [r for m in s.maps for r in m.refs()],
                                [m.tree for m in s.maps])
