@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from .codegen import FLOATS, PANEL_MIN_ROWS, dots_apply
 from .expr import Expr
-from .loopir import (Fused, Load, Loop, Map, MatMul, Program, Reduce, Ref, ScatterAdd,
-                     transposed, walk)
+from .fuse import accesses
+from .loopir import Load, Loop, Map, MatMul, Program, Ref, transposed, walk
 
 FOLD = True
 
@@ -32,17 +32,8 @@ def fold(prog: Program) -> Program:
     if not FOLD:
         return prog
     body = prog.body
-    readers: dict = {}
-    writers: dict = {}
-    for s in walk(body):
-        if isinstance(s, Loop):
-            continue
-        outs = _written(s)
-        for r in s.refs():
-            if not any(r is o for o in outs):
-                readers.setdefault(r.buf.id, []).append(s)
-        for r in outs + ([s.out] if isinstance(s, (Reduce, ScatterAdd)) else []):
-            writers.setdefault(r.buf.id, []).append(s)
+    readers, writers = ({b: list({id(s): s for s, _ in pairs}.values())
+                         for b, pairs in table.items()} for table in accesses(body))
     for s in list(body):
         if not _eligible(s):
             continue
@@ -55,14 +46,6 @@ def fold(prog: Program) -> Program:
             body.remove(unstage)
             s.unstage = unstage
     return prog
-
-
-def _written(s) -> list:
-    """What `s` writes without reading it (a reduction or scatter reads what it
-    accumulates into: its output counts as read too)."""
-    if isinstance(s, Fused):
-        return [m.out for m in s.maps]
-    return [s.out] if isinstance(s, (Map, MatMul)) else []
 
 
 def _eligible(s) -> bool:

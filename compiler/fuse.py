@@ -41,11 +41,11 @@ FUSE_SUMS = True
 
 def fuse(prog: Program) -> Program:
     """`prog` with sliced producers inlined and same-shape maps fused (in place)."""
-    reads, writes = _accesses(prog.body)
+    reads, writes = accesses(prog.body)
     _inline(prog.body, reads, writes)
     if FUSE_SUMS:
         _hoist_sums(prog.body)
-    reads, writes = _accesses(prog.body)
+    reads, writes = accesses(prog.body)
     _group(prog.body, reads, writes)
     used = {r.buf.id for s in walk(prog.body) for r in s.refs()}
     prog.buffers = [b for b in prog.buffers if b.kind != "arena" or b.id in used]
@@ -62,9 +62,10 @@ def _written(s) -> list:
     return []
 
 
-def _accesses(body):
+def accesses(body):
     """buffer id → [(statement, ref)] of its reads, and of its writes. A reduction or
-    scatter reads what it accumulates into, so its output counts as both."""
+    scatter reads what it accumulates into, so its output counts as both. (Also used
+    by `copies.fold`.)"""
     reads: dict = {}
     writes: dict = {}
     for s in walk(body):
@@ -73,10 +74,9 @@ def _accesses(body):
         out = _written(s)
         for r in out:
             writes.setdefault(r.buf.id, []).append((s, r))
-        read = list(s.refs())
-        for r in out:
-            if not isinstance(s, (Reduce, ScatterAdd)):
-                read.remove(r)
+        read = s.refs()
+        if not isinstance(s, (Reduce, ScatterAdd)):
+            read = [r for r in read if not any(r is o for o in out)]
         for r in read:
             reads.setdefault(r.buf.id, []).append((s, r))
     return reads, writes

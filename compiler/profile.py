@@ -46,14 +46,14 @@ def profile(function, *args, calls: int = 20) -> list:
                          "(ag.function(..., backend=\"llvm\"))")
     if calls < 1:
         raise ValueError(f"calls must be at least 1, got {calls}")
+    arrays = [np.ascontiguousarray(a) for a in args]
+    dims = kernel.check_args(arrays)          # bad arguments fail before any compile
     old = codegen.PROFILE
     codegen.PROFILE = True
     try:
         probe = Kernel(kernel.graph, kernel.prog)
     finally:
         codegen.PROFILE = old
-    arrays = [np.ascontiguousarray(a) for a in args]
-    dims = probe.check_args(arrays)
     order = list(_walk_depth(kernel.prog.body, 0))
     n = len(order)
     table = (ctypes.c_int64 * (n + 1)).from_address(
